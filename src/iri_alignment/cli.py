@@ -1,0 +1,235 @@
+"""The ``iri`` command line: every stage of the study is one subcommand.
+
+Snakemake rules and DVC stages call these commands and nothing else; run
+``iri COMMAND --help`` for the options of each. Every command that reads the
+study parameters takes ``--params FILE`` (default ``params.yaml``) and
+``--profile NAME`` (default: the file's ``profile`` key).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from iri_alignment import __version__
+
+log = logging.getLogger("iri_alignment")
+
+
+class _Group(click.Group):
+    """Turns the package's own errors into one clear line and exit code 1,
+    instead of a traceback; anything unexpected still shows its traceback."""
+
+    def invoke(self, ctx):
+        from iri_alignment.checkpoints import CheckpointError
+        from iri_alignment.data import DatasetError
+        from iri_alignment.models import ModelWeightsError
+        from iri_alignment.params import ParamsError
+
+        try:
+            return super().invoke(ctx)
+        except (ParamsError, DatasetError, CheckpointError, ModelWeightsError, ValueError, FileNotFoundError) as err:
+            raise click.ClickException(str(err)) from None
+
+
+def params_options(func):
+    func = click.option("--profile", default=None, help="Profile merged into the defaults (default: the file's `profile` key).")(func)
+    func = click.option("--params", "params_file", default="params.yaml", show_default=True,
+                        type=click.Path(dir_okay=False), help="Study parameters file.")(func)
+    return func
+
+
+def device_option(func):
+    return click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+                        help="Where to compute (default: study.device from params).")(func)
+
+
+def echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="iri")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def cli(log_level: str) -> None:
+    """iri-alignment: do a network's invariances match human perception?
+
+    Train models, generate identically represented inputs (IRIs), score
+    their alignment with perceptual proxies, and report (Nanda et al., AAAI 2023).
+    """
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+# -- params -------------------------------------------------------------------------
+
+
+@cli.group("params")
+def params_group() -> None:
+    """Validate and show the study parameters."""
+
+
+@params_group.command("check")
+@click.argument("file", default="params.yaml", type=click.Path(dir_okay=False))
+@click.option("--profile", default=None, help="Check one profile (default: the defaults and every profile).")
+def params_check(file: str, profile: str | None) -> None:
+    """Validate FILE against the schema; exit non-zero naming every bad key."""
+    from iri_alignment.params import check_file
+
+    names = check_file(file, profile)
+    click.echo(f"{file}: valid ({', '.join(names)})")
+
+
+@params_group.command("show")
+@params_options
+@click.option("--key", default=None, help="Print one subtree, e.g. training.supervised.")
+def params_show(params_file: str, profile: str | None, key: str | None) -> None:
+    """Print the merged, validated parameters as JSON."""
+    from iri_alignment.params import get, load_params
+
+    params = load_params(params_file, profile)
+    echo_json(get(params, key) if key else params)
+
+
+# -- data ---------------------------------------------------------------------------
+
+
+@cli.group("data")
+def data_group() -> None:
+    """Download, generate and check datasets."""
+
+
+@data_group.command("prepare")
+@click.option("--dataset", required=True, type=click.Choice(["cifar10", "cifar100", "imagenet", "shapes"]))
+@click.option("--root", default=None, help="Data root (default data.root); for imagenet, the ImageNet folder (default data.imagenet_root).")
+@click.option("--no-download", is_flag=True, help="Fail instead of downloading a missing CIFAR archive.")
+@params_options
+def data_prepare(dataset: str, root: str | None, no_download: bool, params_file: str, profile: str | None) -> None:
+    """Make DATASET ready on disk (download and verify, or generate) and print a summary."""
+    from iri_alignment.data import prepare
+    from iri_alignment.params import load_params
+
+    cfg = load_params(params_file, profile)["data"]
+    if dataset == "imagenet":
+        summary = prepare(dataset, cfg["root"], imagenet_root=root or cfg["imagenet_root"])
+    else:
+        summary = prepare(dataset, root or cfg["root"], shapes=cfg["shapes"], download=not no_download)
+    echo_json(summary)
+
+
+# -- models -------------------------------------------------------------------------
+
+
+@cli.group("models")
+def models_group() -> None:
+    """Inspect the model registry."""
+
+
+@models_group.command("describe")
+@click.option("--dataset", required=True, type=click.Choice(["cifar10", "cifar100", "imagenet", "shapes"]))
+@click.option("--arch", required=True)
+@click.option("--width", default=1.0, show_default=True, type=float, help="Channel multiplier (CIFAR-style models only).")
+def models_describe(dataset: str, arch: str, width: float) -> None:
+    """Print parameter count and representation size of a model as JSON."""
+    from iri_alignment.models import describe_model
+
+    echo_json(describe_model(dataset, arch, width=width))
+
+
+@models_group.command("list")
+def models_list() -> None:
+    """List the architectures available per dataset family."""
+    from iri_alignment.models import ARCHITECTURES
+
+    echo_json({family: list(archs) for family, archs in ARCHITECTURES.items()})
+
+
+# -- training and evaluation ----------------------------------------------------------
+
+
+def _study(params_file: str, profile: str | None, dataset: str | None = None) -> dict:
+    """Load params, optionally pointing the study at another dataset."""
+    from iri_alignment.params import load_params, validate
+
+    params = load_params(params_file, profile)
+    if dataset and dataset != params["data"]["dataset"]:
+        params["data"]["dataset"] = dataset
+        validate(params, source=params_file)
+    return params
+
+
+def _device(params: dict, device: str | None):
+    from iri_alignment.devices import resolve_device
+
+    return resolve_device(device or params["study"]["device"])
+
+
+@cli.command("train")
+@click.option("--dataset", default=None, help="Dataset (default data.dataset).")
+@click.option("--arch", required=True, help="Architecture, e.g. resnet18 (see `iri models list`).")
+@click.option("--regime", required=True, help="standard, adversarial, simclr, ... (see the README).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for checkpoints and metrics.")
+@click.option("--restart", is_flag=True, help="Discard a resumable last.pt and train from scratch.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@params_options
+@device_option
+def train_cmd(dataset, arch, regime, out, restart, no_progress, params_file, profile, device) -> None:
+    """Train one model with the protocol's settings; resumes if interrupted."""
+    from iri_alignment.training import REGIMES, train
+
+    if regime not in REGIMES:
+        raise click.BadParameter(f"{regime!r}; choose one of {', '.join(REGIMES)}", param_hint="--regime")
+    params = _study(params_file, profile, dataset)
+    metrics = train(params, arch=arch, regime=regime, out=out, device=_device(params, device),
+                    progress=not no_progress, restart=restart)
+    echo_json(metrics)
+
+
+@cli.command("evaluate")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--attack-steps", default=None, type=int, help="PGD steps (default evaluation.attack_steps).")
+@click.option("--eps", default=None, type=float, help="l2 radius (default: the model's).")
+@click.option("--limit", default=None, type=int, help="Evaluate on the first N test images only.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the JSON here.")
+@params_options
+@device_option
+def evaluate_cmd(checkpoint, attack_steps, eps, limit, out, params_file, profile, device) -> None:
+    """Clean and l2-PGD robust test accuracy of a checkpoint, as JSON."""
+    from iri_alignment.checkpoints import load_model
+    from iri_alignment.data.loading import open_split
+    from iri_alignment.io import write_json
+    from iri_alignment.training import evaluate_classifier
+
+    params = _study(params_file, profile)
+    dev = _device(params, device)
+    model, ckpt = load_model(checkpoint, device=dev)
+    params["data"]["dataset"] = ckpt.meta["dataset"]
+    result = evaluate_classifier(
+        model, open_split(params, "test"), eps=eps or ckpt.meta.get("eps", 1.0),
+        steps=attack_steps or params["evaluation"]["attack_steps"], step_factor=params["evaluation"]["step_factor"],
+        batch_size=params["data"]["eval_batch_size"], device=dev, limit=limit, progress=True)
+    result = {"checkpoint": str(checkpoint), "arch": ckpt.meta["arch"], "regime": ckpt.meta["regime"], **result}
+    if out:
+        write_json(out, result)
+    echo_json(result)
+
+
+def _terminate(signum, frame):
+    # Snakemake and schedulers stop jobs with SIGTERM: unwind normally so that
+    # temporary files are removed and the MLflow run is marked FAILED.
+    raise SystemExit(128 + signum)
+
+
+def main() -> None:  # console-script entry point
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
+    cli(prog_name="iri")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Study parameters: load ``params.yaml``, merge a profile, validate, hash.
+
+``params.yaml`` holds the full paper study at its top level and named partial
+overrides under ``profiles``. The ``profile`` key picks one (``paper`` means
+none); Snakemake sets it with ``--config profile=NAME``, DVC with
+``-S profile=NAME``, every ``iri`` command with ``--profile NAME``. Merging is
+recursive for mappings; lists and scalars in a profile replace the default.
+
+The merged result is validated against the JSON schema shipped with the
+package (``workflow/schemas/params.schema.yaml`` links to it). Every error names
+the key path, the bad value and what is allowed, so a typo is found at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+DEFAULT_PARAMS = "params.yaml"
+BASE_PROFILE = "paper"
+
+
+class ParamsError(ValueError):
+    """Invalid study parameters; the message lists every problem found."""
+
+
+@cache
+def schema() -> dict:
+    """The JSON schema of merged params (parsed once)."""
+    text = resources.files("iri_alignment").joinpath("schemas/params.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Read a params file; a missing file or a YAML error becomes a ParamsError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such params file (pass --params FILE or run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return ``base`` with ``override`` merged in (mappings recursively; any
+    other value replaces). Neither argument is modified."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def merge_profile(raw: dict, profile: str | None = None, *, source: str = DEFAULT_PARAMS) -> dict:
+    """Merge profile ``profile`` (default: the file's ``profile`` key) into the
+    defaults. The returned dict has ``profile`` set and no ``profiles`` key."""
+    profiles = raw.get("profiles") or {}
+    name = profile or raw.get("profile") or BASE_PROFILE
+    known = [BASE_PROFILE, *profiles]
+    if name != BASE_PROFILE and name not in profiles:
+        hint = _did_you_mean(name, known)
+        raise ParamsError(f"{source}: profile = {name!r} is not defined{hint}; defined profiles: {', '.join(known)}")
+    base = {k: v for k, v in raw.items() if k != "profiles"}
+    merged = deep_merge(base, profiles.get(name) or {}) if name != BASE_PROFILE else base
+    merged["profile"] = name
+    return merged
+
+
+def validate(params: dict, *, source: str = DEFAULT_PARAMS) -> dict:
+    """Validate merged params against the schema and the cross-key rules.
+
+    Returns ``params`` unchanged; raises ParamsError listing every problem.
+    """
+    validator = jsonschema.Draft202012Validator(schema())
+    problems = [_describe(err) for err in sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))]
+    if not problems:
+        problems = _cross_key_problems(params)
+    if problems:
+        label = f"{source} (profile {params.get('profile', BASE_PROFILE)!r})"
+        raise ParamsError(f"{label} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
+    return params
+
+
+def load_params(path: str | os.PathLike = DEFAULT_PARAMS, profile: str | None = None) -> dict:
+    """Read, merge and validate: the params every command works from."""
+    raw = read_yaml(path)
+    return validate(merge_profile(raw, profile, source=str(path)), source=str(path))
+
+
+def check_file(path: str | os.PathLike = DEFAULT_PARAMS, profile: str | None = None) -> list[str]:
+    """Validate the file for one profile, or for the base and every profile
+    when ``profile`` is None. Returns the names checked; raises ParamsError."""
+    raw = read_yaml(path)
+    names = [profile] if profile else [BASE_PROFILE, *(raw.get("profiles") or {})]
+    if profile is None and raw.get("profile") not in (None, *names):
+        merge_profile(raw, None, source=str(path))  # raises: the selected profile is undefined
+    errors = []
+    for name in names:
+        try:
+            validate(merge_profile(raw, name, source=str(path)), source=str(path))
+        except ParamsError as err:
+            errors.append(str(err))
+    if errors:
+        raise ParamsError("\n".join(errors))
+    return names
+
+
+def params_hash(obj: Any, length: int = 12) -> str:
+    """A short, stable hash of any JSON-able params subtree (key order ignored)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def get(params: dict, dotted: str) -> Any:
+    """``get(p, "training.supervised.epochs")``: a nested value by its key path."""
+    node: Any = params
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+# -- error messages -------------------------------------------------------------
+
+
+def _path(parts) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _describe(err: jsonschema.ValidationError) -> str:
+    where = _path(err.absolute_path)
+    value = err.instance
+    props = err.schema.get("properties", {}) if isinstance(err.schema, dict) else {}
+    if err.validator == "additionalProperties":
+        unknown = [k for k in value if k not in props]
+        return "; ".join(
+            f"{_path([*err.absolute_path, k])}: unknown key{_did_you_mean(k, props)}; allowed keys here: {', '.join(props)}"
+            for k in unknown
+        )
+    if err.validator == "required":
+        missing = [k for k in err.validator_value if k not in value]
+        return "; ".join(f"{where}: missing required key {k!r}" for k in missing)
+    if err.validator == "enum":
+        allowed = ", ".join(map(str, err.validator_value))
+        return f"{where} = {value!r} is not allowed{_did_you_mean(value, err.validator_value)}; allowed: {allowed}"
+    if err.validator == "type":
+        return f"{where} = {value!r} has the wrong type: expected {err.validator_value}, got {type(value).__name__}"
+    bounds = {
+        "minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<",
+        "minItems": "at least this many items:", "maxItems": "at most this many items:", "minLength": "length >=",
+    }
+    if err.validator in bounds:
+        return f"{where} = {value!r} is out of range: must be {bounds[err.validator]} {err.validator_value}"
+    return f"{where} = {value!r}: {err.message}"
+
+
+def _cross_key_problems(params: dict) -> list[str]:
+    """Rules a schema cannot express: which archs exist for the chosen dataset,
+    that every trained regime has settings, that proxies are consistent."""
+    from iri_alignment.data.specs import get_spec
+    from iri_alignment.models.registry import ARCHITECTURES
+
+    problems = []
+    family = get_spec(params["data"]["dataset"]).family
+    allowed = ARCHITECTURES[family]
+    for key in ("models.archs", "training.contrastive.archs"):
+        for i, arch in enumerate(get(params, key)):
+            if arch not in allowed:
+                problems.append(
+                    f"{key}[{i}] = {arch!r} is not available for dataset {params['data']['dataset']!r}; "
+                    f"allowed: {', '.join(allowed)}"
+                )
+    if family == "imagenet" and params["models"]["width"] != 1:
+        problems.append(f"models.width = {params['models']['width']!r}: ImageNet models have no width multiplier; use 1.0")
+    if params["data"]["dataset"] == "imagenet" and not params["data"].get("imagenet_root"):
+        problems.append("data.imagenet_root is null: ImageNet is never downloaded; set it to a folder with train/ and val/")
+    for name in params["training"]["regimes"]:
+        if name not in params["training"]["regime"]:
+            problems.append(f"training.regimes names {name!r} but training.regime.{name} is not defined")
+        elif name not in ("standard", "standard-simclraug") and "attack" not in params["training"]["regime"][name]:
+            problems.append(f"training.regime.{name}: missing required key 'attack' (this regime trains on adversaries)")
+    for name in params["training"]["contrastive_regimes"]:
+        if name not in params["training"]["contrastive"]["variants"]:
+            problems.append(f"training.contrastive_regimes names {name!r} but training.contrastive.variants.{name} is not defined")
+    return problems

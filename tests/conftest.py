@@ -1,0 +1,36 @@
+"""Shared fixtures. Tests never touch the network or the repository's own
+data/, results/ or mlflow.db: everything they write goes under tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def params_file(tmp_path, repo) -> Path:
+    """A private copy of params.yaml that a test may edit."""
+    dst = tmp_path / "params.yaml"
+    dst.write_text((repo / "params.yaml").read_text())
+    return dst
+
+
+@pytest.fixture(autouse=True)
+def isolated_tracking(tmp_path_factory, monkeypatch):
+    """Every test logs to its own MLflow store, never the repository's."""
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.delenv("IRI_PARENT_RUN_ID", raising=False)
+    return store
