@@ -55,7 +55,10 @@ def echo_json(obj) -> None:
 @click.version_option(__version__, prog_name="iri")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def cli(log_level: str) -> None:
+@click.option("--threads", default=None, type=int, envvar="IRI_THREADS",
+              help="CPU threads for torch (default: torch's choice; env IRI_THREADS). Give each parallel job its own share: "
+                   "two jobs with two threads each on two cores run many times slower than with one.")
+def cli(log_level: str, threads: int | None) -> None:
     """iri-alignment: do a network's invariances match human perception?
 
     Train models, generate identically represented inputs (IRIs), score
@@ -63,6 +66,10 @@ def cli(log_level: str) -> None:
     """
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 # -- params -------------------------------------------------------------------------
@@ -216,6 +223,59 @@ def evaluate_cmd(checkpoint, attack_steps, eps, limit, out, params_file, profile
     if out:
         write_json(out, result)
     echo_json(result)
+
+
+# -- IRIs and alignment -----------------------------------------------------------------
+
+
+@cli.command("invert")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--regularizer", required=True, type=click.Choice(["reg-free", "human-aligned", "adversarial", "freq", "fourier"]))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the IRI set.")
+@click.option("--targets", default=None, help="Comma-separated dataset indices (default: inversion.targets from params).")
+@click.option("--seed-type", default=None, type=click.Choice(["noise", "light-noise", "white", "black"]),
+              help="Starting image (default inversion.seed_type).")
+@click.option("--iterations", default=None, type=int, help="Steps (default inversion.iterations).")
+@click.option("--no-progress", is_flag=True)
+@params_options
+@device_option
+def invert_cmd(checkpoint, regularizer, out, targets, seed_type, iterations, no_progress, params_file, profile, device) -> None:
+    """Generate one IRI per target for a model under a regularizer; resumes if interrupted."""
+    from iri_alignment.generation import generate
+
+    params = _study(params_file, profile)
+    indices = [int(t) for t in targets.split(",")] if targets else None
+    summary = generate(params, checkpoint=checkpoint, regularizer=regularizer, out=out, device=_device(params, device),
+                       seed_type=seed_type, iterations=iterations, target_indices=indices, progress=not no_progress)
+    echo_json(summary)
+
+
+@cli.command("score")
+@click.option("--iris", required=True, type=click.Path(file_okay=False, exists=True), help="An IRI set folder.")
+@click.option("--proxy", "proxies", multiple=True, help="Perceptual proxy; repeat for several (default scoring.proxies).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Per-IRI CSV; the summary goes beside it as .json.")
+@params_options
+@device_option
+def score_cmd(iris, proxies, out, params_file, profile, device) -> None:
+    """Score an IRI set with 2AFC and clustering under perceptual proxies."""
+    from iri_alignment.alignment import score
+
+    params = _study(params_file, profile)
+    summary = score(params, iris=iris, proxies=list(proxies) or params["scoring"]["proxies"], out=out,
+                    device=_device(params, device))
+    echo_json({"proxies": {p: {t: round(v[t]["mean"], 2) for t in ("2afc", "clustering")} for p, v in summary["proxies"].items()},
+               "over_proxies": summary["over_proxies"]})
+
+
+@cli.command("export-human")
+@click.option("--iris", required=True, type=click.Path(file_okay=False, exists=True), help="An IRI set folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@params_options
+def export_human_cmd(iris, out, params_file, profile) -> None:
+    """Write the 2AFC and clustering trials a human study would show."""
+    from iri_alignment.alignment import export_human
+
+    echo_json(export_human(_study(params_file, profile), iris=iris, out=out))
 
 
 def _terminate(signum, frame):

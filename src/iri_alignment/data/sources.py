@@ -176,10 +176,10 @@ def load_cifar(name: str, split: str, root: str | Path, *, download: bool = True
 def prepare_shapes(root: str | Path, *, n_train: int, n_test: int, seed: int, noise: float) -> Path:
     """Generate the shapes dataset into ``root/shapes`` unless the same
     configuration is already there; return the folder."""
-    from iri_alignment.data.shapes import make_splits
+    from iri_alignment.data.shapes import GENERATOR_VERSION, make_splits
 
     folder = Path(root) / "shapes"
-    config = {"n_train": n_train, "n_test": n_test, "seed": seed, "noise": noise}
+    config = {"n_train": n_train, "n_test": n_test, "seed": seed, "noise": noise, "generator": GENERATOR_VERSION}
     meta_path = folder / "meta.json"
     if meta_path.exists() and read_json(meta_path).get("config") == config:
         if all((folder / f"{s}.npz").exists() for s in ("train", "test")):
