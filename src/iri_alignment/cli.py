@@ -181,10 +181,12 @@ def _device(params: dict, device: str | None):
 @click.option("--regime", required=True, help="standard, adversarial, simclr, ... (see the README).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for checkpoints and metrics.")
 @click.option("--restart", is_flag=True, help="Discard a resumable last.pt and train from scratch.")
+@click.option("--evaluate/--no-evaluate", default=True, show_default=True,
+              help="End with clean and robust test accuracy (the pipeline evaluates in its own stage).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @params_options
 @device_option
-def train_cmd(dataset, arch, regime, out, restart, no_progress, params_file, profile, device) -> None:
+def train_cmd(dataset, arch, regime, out, restart, evaluate, no_progress, params_file, profile, device) -> None:
     """Train one model with the protocol's settings; resumes if interrupted."""
     from iri_alignment.training import REGIMES, train
 
@@ -192,7 +194,7 @@ def train_cmd(dataset, arch, regime, out, restart, no_progress, params_file, pro
         raise click.BadParameter(f"{regime!r}; choose one of {', '.join(REGIMES)}", param_hint="--regime")
     params = _study(params_file, profile, dataset)
     metrics = train(params, arch=arch, regime=regime, out=out, device=_device(params, device),
-                    progress=not no_progress, restart=restart)
+                    progress=not no_progress, restart=restart, evaluate=evaluate)
     echo_json(metrics)
 
 
@@ -206,23 +208,11 @@ def train_cmd(dataset, arch, regime, out, restart, no_progress, params_file, pro
 @device_option
 def evaluate_cmd(checkpoint, attack_steps, eps, limit, out, params_file, profile, device) -> None:
     """Clean and l2-PGD robust test accuracy of a checkpoint, as JSON."""
-    from iri_alignment.checkpoints import load_model
-    from iri_alignment.data.loading import open_split
-    from iri_alignment.io import write_json
-    from iri_alignment.training import evaluate_classifier
+    from iri_alignment.training import evaluate_checkpoint
 
     params = _study(params_file, profile)
-    dev = _device(params, device)
-    model, ckpt = load_model(checkpoint, device=dev)
-    params["data"]["dataset"] = ckpt.meta["dataset"]
-    result = evaluate_classifier(
-        model, open_split(params, "test"), eps=eps or ckpt.meta.get("eps", 1.0),
-        steps=attack_steps or params["evaluation"]["attack_steps"], step_factor=params["evaluation"]["step_factor"],
-        batch_size=params["data"]["eval_batch_size"], device=dev, limit=limit, progress=True)
-    result = {"checkpoint": str(checkpoint), "arch": ckpt.meta["arch"], "regime": ckpt.meta["regime"], **result}
-    if out:
-        write_json(out, result)
-    echo_json(result)
+    echo_json(evaluate_checkpoint(params, checkpoint, device=_device(params, device), attack_steps=attack_steps,
+                                  eps=eps, limit=limit, out=out))
 
 
 # -- IRIs and alignment -----------------------------------------------------------------
@@ -276,6 +266,57 @@ def export_human_cmd(iris, out, params_file, profile) -> None:
     from iri_alignment.alignment import export_human
 
     echo_json(export_human(_study(params_file, profile), iris=iris, out=out))
+
+
+# -- report and tracking ----------------------------------------------------------------
+
+
+@cli.command("report")
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, exists=True))
+@params_options
+def report_cmd(results, params_file, profile) -> None:
+    """Tables (CSV, Markdown, LaTeX), figures and significance tests from every score."""
+    from pathlib import Path
+
+    from iri_alignment.reporting import build_report
+
+    params = _study(params_file, profile)
+    sig = params["report"]["significance"]
+    summary = build_report(Path(results), Path(results) / "tables", Path(results) / "figures",
+                           structural_proxy=params["scoring"]["structural_proxy"], proxies=params["scoring"]["proxies"],
+                           alpha=sig["alpha"], permutations=sig["permutations"], bootstrap=sig["bootstrap"],
+                           seed=params["study"]["seed"], converged_below=params["inversion"]["converged_below"])
+    from iri_alignment.io import write_json
+
+    write_json(Path(results) / "tables" / "summary.json", summary)
+    click.echo(f"tables: {Path(results, 'tables').resolve()}\nfigures: {Path(results, 'figures').resolve()}")
+
+
+@cli.group("tracking")
+def tracking_group() -> None:
+    """MLflow parent runs for pipeline invocations."""
+
+
+@tracking_group.command("start")
+@click.option("--name", default="pipeline", show_default=True)
+@params_options
+def tracking_start(name, params_file, profile) -> None:
+    """Open a parent run and print its id (export it as IRI_PARENT_RUN_ID)."""
+    from iri_alignment.tracking import start_parent
+
+    click.echo(start_parent(_study(params_file, profile), name))
+
+
+@tracking_group.command("finish")
+@click.option("--run-id", required=True)
+@click.option("--status", default="FINISHED", type=click.Choice(["FINISHED", "FAILED", "KILLED"]))
+@click.option("--artifacts", multiple=True, type=click.Path(), help="Files or folders to attach (missing ones are skipped).")
+@params_options
+def tracking_finish(run_id, status, artifacts, params_file, profile) -> None:
+    """Close a parent run, attaching the report."""
+    from iri_alignment.tracking import finish_parent
+
+    finish_parent(run_id, status, artifacts)
 
 
 def _terminate(signum, frame):

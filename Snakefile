@@ -1,0 +1,31 @@
+"""The iri-alignment study as one DAG (protocol sections 2-7).
+
+    data -> train -> evaluate -> invert -> score -> report
+
+Every rule calls the `iri` command line; the study's parameters come from
+params.yaml (validated in workflow/rules/common.smk). Choose a profile with
+`--config profile=embedded`; results go to results/<stage>/...
+
+    snakemake --cores all                                   # the paper study (GPU box)
+    snakemake --cores 2 --config profile=embedded           # the CPU demo (`make demo`)
+    snakemake --profile workflow/profiles/slurm             # a SLURM cluster
+"""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/tracking.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/training.smk"
+include: "workflow/rules/inversion.smk"
+include: "workflow/rules/scoring.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.report.output,

@@ -1,0 +1,171 @@
+"""Throughput benchmarks (``make bench``): what the study costs on this machine.
+
+Measures, on synthetic 32 px batches with the embedded profile's model width
+(override with ``--width``):
+
+- training images/s per architecture and regime (one optimiser step per
+  batch, augmentation and attack included), and the cost ratio of
+  adversarial to standard training;
+- inversion image-iterations/s per architecture (reg-free objective, the
+  profile's inversion batch size);
+- scoring pairs/s per proxy (LPIPS with a random trunk costs the same as
+  with the ImageNet one).
+
+Each number is the median of ``--repeats`` timed runs after one warm-up. The
+report names the machine (CPU count, torch threads, device, versions) since
+the numbers mean nothing without it. Results go to stdout and, with
+``--out``, to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from iri_alignment import augment
+from iri_alignment.devices import resolve_device
+from iri_alignment.inversion import invert, make_seed
+from iri_alignment.models import build_model
+from iri_alignment.params import load_params
+from iri_alignment.proxies import get_proxy, paired
+from iri_alignment.regularizers import make_objective
+from iri_alignment.training import augmentation_config, regime_config, supervised_batch_loss
+
+log = logging.getLogger(__name__)
+
+
+def _timed(fn, repeats: int, device) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs, after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_training(params, archs, regimes, *, batches: int, repeats: int, device) -> list[dict]:
+    rows = []
+    bs = params["training"]["supervised"]["batch_size"]
+    for arch in archs:
+        for regime in regimes:
+            cfg = regime_config(params, regime)
+            model = build_model("shapes", arch, width=params["models"]["width"]).to(device).train()
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            gen = torch.Generator().manual_seed(0)
+            x = torch.rand(bs, 3, 32, 32, device=device)
+            y = torch.randint(0, 10, (bs,), device=device)
+            aug = augmentation_config(params, cfg["augment"])
+
+            def step():
+                for _ in range(batches):
+                    xb = augment.augment(cfg["augment"], x, aug, gen)
+                    loss, _ = supervised_batch_loss(model, xb, y, cfg, regime, gen)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+
+            seconds = _timed(step, repeats, device)
+            rows.append({"arch": arch, "regime": regime, "batch_size": bs, "images_per_s": batches * bs / seconds})
+            log.info("train %s %s: %.0f images/s", arch, regime, rows[-1]["images_per_s"])
+    return rows
+
+
+def bench_inversion(params, archs, *, iterations: int, repeats: int, device) -> list[dict]:
+    rows = []
+    bs = params["inversion"]["batch_size"]
+    for arch in archs:
+        model = build_model("shapes", arch, width=params["models"]["width"]).to(device).eval()
+        targets = torch.rand(bs, 3, 32, 32, device=device)
+        seed = make_seed("noise", (3, 32, 32), 0, device=device)
+        objective = make_objective("reg-free", None)
+        seconds = _timed(lambda: invert(model, targets, seed, objective, iterations=iterations, progress=False), repeats, device)
+        rows.append({"arch": arch, "batch_size": bs, "image_iterations_per_s": bs * iterations / seconds})
+        log.info("invert %s: %.0f image-iterations/s", arch, rows[-1]["image_iterations_per_s"])
+    return rows
+
+
+def bench_scoring(proxies, *, pairs: int, repeats: int, device) -> list[dict]:
+    rows = []
+    x, y = torch.rand(pairs, 3, 32, 32, device=device), torch.rand(pairs, 3, 32, 32, device=device)
+    for name in proxies:
+        proxy = get_proxy(name, device=device, pretrained=False)
+        seconds = _timed(lambda: paired(proxy, x, y), repeats, device)
+        rows.append({"proxy": name, "pairs_per_s": pairs / seconds})
+        log.info("score %s: %.0f pairs/s", name, rows[-1]["pairs_per_s"])
+    return rows
+
+
+def machine(device) -> dict:
+    import torchvision
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Machine: {report['machine']['cpu_count']} CPUs, {report['machine']['torch_threads']} torch threads, "
+             f"device {report['machine']['device']} {report['machine']['gpu'] or ''}, torch {report['machine']['torch']}", ""]
+    lines += ["| arch | regime | batch | train images/s |", "|---|---|---|---|"]
+    lines += [f"| {r['arch']} | {r['regime']} | {r['batch_size']} | {r['images_per_s']:.0f} |" for r in report["training"]]
+    lines += ["", "| arch | AT / standard cost |", "|---|---|"]
+    lines += [f"| {a} | {v:.2f}x |" for a, v in report["adversarial_cost_ratio"].items()]
+    lines += ["", "| arch | inversion batch | image-iterations/s |", "|---|---|---|"]
+    lines += [f"| {r['arch']} | {r['batch_size']} | {r['image_iterations_per_s']:.0f} |" for r in report["inversion"]]
+    lines += ["", "| proxy | pairs/s |", "|---|---|"]
+    lines += [f"| {r['proxy']} | {r['pairs_per_s']:.0f} |" for r in report["scoring"]]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default="embedded")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--width", type=float, default=None, help="model width (default: the profile's)")
+    parser.add_argument("--archs", default="resnet18,vgg16,densenet121,inceptionv3")
+    parser.add_argument("--regimes", default="standard,adversarial,trades")
+    parser.add_argument("--proxies", default="l2,ssim,ms-ssim,lpips-alex,lpips-vgg")
+    parser.add_argument("--batches", type=int, default=3, help="training batches per timed run")
+    parser.add_argument("--iterations", type=int, default=20, help="inversion steps per timed run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=None, help="also write the report as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    params = load_params(args.params, args.profile)
+    if args.width:
+        params["models"]["width"] = args.width
+    device = resolve_device(args.device)
+    archs, regimes = args.archs.split(","), args.regimes.split(",")
+    report = {"machine": machine(device), "profile": args.profile, "width": params["models"]["width"],
+              "training": bench_training(params, archs, regimes, batches=args.batches, repeats=args.repeats, device=device),
+              "inversion": bench_inversion(params, archs, iterations=args.iterations, repeats=args.repeats, device=device),
+              "scoring": bench_scoring(args.proxies.split(","), pairs=256, repeats=args.repeats, device=device)}
+    speed = {(r["arch"], r["regime"]): r["images_per_s"] for r in report["training"]}
+    report["adversarial_cost_ratio"] = {a: speed[(a, "standard")] / speed[(a, "adversarial")] for a in archs
+                                        if (a, "standard") in speed and (a, "adversarial") in speed}
+    print(markdown(report))  # noqa: T201 -- the report is this command's output
+    if args.out:
+        from iri_alignment.io import write_json
+
+        write_json(args.out, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The ``iri invert`` job: one IRI set per (checkpoint, regularizer).
+
+Chooses the targets (protocol 5: 10 test images per class, seeded), draws the
+shared seed image, builds the regularizer's objective from params, inverts
+the targets batch by batch and writes the folder described in
+:mod:`iri_alignment.irisets`. Interrupted, it resumes: every finished batch
+and, every ``checkpoint_every`` steps, the running batch are saved under
+``<out>/.partial/``, which is removed once the set is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from iri_alignment.checkpoints import load_model
+from iri_alignment.data.loading import open_split
+from iri_alignment.io import atomic_write
+from iri_alignment.inversion import invert, make_seed
+from iri_alignment.irisets import write_iriset
+from iri_alignment.params import params_hash
+from iri_alignment.regularizers import make_objective
+from iri_alignment.tracking import log_artifact, log_metrics, start_run
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_EVERY = 250  # inversion steps between resumable snapshots
+
+
+def select_targets(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """``per_class`` indices of each class, drawn without replacement with a
+    seeded generator, ordered by class (protocol 5: 10 per class)."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    chosen = []
+    for c in np.unique(labels):
+        pool = np.flatnonzero(labels == c)
+        if len(pool) < per_class:
+            raise ValueError(f"class {c} has {len(pool)} images, fewer than the {per_class} targets asked for")
+        chosen.append(np.sort(rng.choice(pool, size=per_class, replace=False)))
+    return np.concatenate(chosen)
+
+
+def load_targets(params: dict, *, device, indices=None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """The target images, labels and dataset indices.
+
+    Decision (default): ``targets.per_class`` test images per class with test
+    transforms. ``targets.faithful``: the authors' choice, random training
+    images with training augmentation.
+    """
+    from iri_alignment import augment
+
+    cfg = params["inversion"]["targets"]
+    split = open_split(params, "train" if cfg["faithful"] else cfg["split"])
+    labels = split.labels.numpy() if hasattr(split, "labels") else np.array([y for _, y in split.dataset.samples])
+    if indices is None:
+        indices = select_targets(labels, cfg["per_class"], params["study"]["seed"])
+    x, y = split.get(indices, device)
+    if cfg["faithful"]:
+        x = augment.augment("standard", x, params["data"]["augmentation"], torch.Generator().manual_seed(params["study"]["seed"]))
+    return x, y, np.asarray(indices)
+
+
+def objective_for(params: dict, regularizer: str, *, device, generator: torch.Generator):
+    """The regularizer's objective, with its proxy built for the adversarial one."""
+    section = params["inversion"].get(regularizer.replace("-", "_"))
+    proxy = None
+    if regularizer == "adversarial":
+        from iri_alignment.proxies import get_proxy
+
+        proxy = get_proxy(section["proxy"], device=device)
+    return make_objective(regularizer, section, proxy=proxy, generator=generator)
+
+
+def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str | Path, device, seed_type: str | None = None,
+             iterations: int | None = None, target_indices=None, progress: bool = True) -> dict:
+    """Generate and write one IRI set; return its summary (mean loss, % converged)."""
+    inv = params["inversion"]
+    seed_type = seed_type or inv["seed_type"]
+    iterations = iterations or inv["iterations"]
+    out = Path(out)
+    partial = out / ".partial"
+    model, ckpt = load_model(checkpoint, device=device)
+    params = {**params, "data": {**params["data"], "dataset": ckpt.meta["dataset"]}}
+    targets, labels, indices = load_targets(params, device=device, indices=target_indices)
+    seed_image = make_seed(seed_type, targets.shape[1:], params["study"]["seed"], device=device)
+    settings = {"regularizer": regularizer, "seed_type": seed_type, "iterations": iterations, "step_size": inv["step_size"],
+                "fake_relu": inv["fake_relu"], "section": inv.get(regularizer.replace("-", "_")),
+                "targets": [int(i) for i in indices], "checkpoint_hash": ckpt.meta["params_hash"]}
+    job_hash = params_hash(settings)
+
+    tags = {"dataset": ckpt.meta["dataset"], "arch": ckpt.meta["arch"], "regime": ckpt.meta["regime"],
+            "regularizer": regularizer, "params_hash": job_hash, "checkpoint": str(checkpoint)}
+    with start_run(params, stage="invert", name=f"{ckpt.meta['arch']}-{ckpt.meta['regime']}-{regularizer}", tags=tags,
+                   log_params={k: v for k, v in settings.items() if k != "targets"}):
+        results = []
+        bs = inv["batch_size"]
+        for b, start in enumerate(range(0, len(indices), bs)):
+            done = partial / f"batch-{b:03d}.pt"
+            running = partial / f"batch-{b:03d}.running.pt"
+            saved = torch.load(done, weights_only=True) if done.exists() else None
+            if saved is not None and saved["hash"] != job_hash:
+                saved = None
+            if saved is None:
+                resume = torch.load(running, weights_only=True) if running.exists() else None
+                if resume is not None and resume.get("hash") != job_hash:
+                    resume = None
+                gen = torch.Generator().manual_seed(params["study"]["seed"] + b)
+                objective = objective_for(params, regularizer, device=device, generator=gen)
+
+                def snapshot(state, path=running):
+                    with atomic_write(path) as fh:
+                        torch.save({**state, "hash": job_hash}, fh)
+
+                res = invert(model, targets[start:start + bs], seed_image, objective, iterations=iterations,
+                             step_size=inv["step_size"], fake_relu=inv["fake_relu"], generator=gen,
+                             state={k: v for k, v in resume.items() if k != "hash"} if resume else None,
+                             checkpoint_every=CHECKPOINT_EVERY, on_checkpoint=snapshot, progress=progress)
+                saved = {"hash": job_hash, "images": res.images.cpu(), "rep_loss": res.rep_loss.cpu(),
+                         "best_iteration": res.best_iteration.cpu()}
+                with atomic_write(done) as fh:
+                    torch.save(saved, fh)
+                running.unlink(missing_ok=True)
+            results.append(saved)
+
+        iris = torch.cat([r["images"] for r in results])
+        rep_loss = torch.cat([r["rep_loss"] for r in results]).numpy()
+        table = pd.DataFrame({
+            "index": np.arange(len(indices)), "target_index": indices, "label": labels.cpu().numpy(),
+            "rep_loss": rep_loss, "converged": rep_loss <= inv["converged_below"],
+            "best_iteration": torch.cat([r["best_iteration"] for r in results]).numpy(),
+        })
+        summary = {"mean_rep_loss": float(rep_loss.mean()), "median_rep_loss": float(np.median(rep_loss)),
+                   "pct_converged": float(100 * table["converged"].mean()), "n": len(table)}
+        meta = {"checkpoint": str(checkpoint), "model": ckpt.meta, **settings, "summary": summary, "hash": job_hash,
+                "profile": params["profile"]}
+        write_iriset(out, seed=seed_image.cpu(), targets=targets.cpu(), iris=iris, table=table,
+                     target_indices=indices, meta=meta)
+        log_metrics(summary)
+        log_artifact(out / "grid.png")
+        log_artifact(out / "results.csv")
+    if partial.exists():
+        for f in partial.iterdir():
+            f.unlink()
+        partial.rmdir()
+    return summary

@@ -1,0 +1,114 @@
+"""An IRI set on disk: what ``iri invert`` writes and ``iri score`` reads.
+
+One folder per (model, regularizer)::
+
+    seed.png                the shared starting image x0 (8-bit)
+    targets/0000.png ...    target images x (8-bit)
+    iris/0000.png ...       IRIs x' (8-bit), one per target, same order
+    tensors.pt              float tensors: seed, targets, iris (exact values)
+    results.csv             per IRI: target_index, label, rep_loss, converged, best_iteration
+    targets.json            the dataset indices of the targets
+    grid.png                targets (top rows) above their IRIs, for a person to look at
+    meta.json               checkpoint, model, regularizer, settings, summary
+
+Scoring reads the PNGs, so it sees exactly what a human rater would
+(protocol 5: "scoring uses the 8-bit PNG round trip").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from iri_alignment.io import atomic_write, read_json, write_json
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8, rounding to nearest."""
+    return (x.detach().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+
+
+def from_uint8(a: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float().div(255)
+
+
+def save_png(path: Path, image_hwc: np.ndarray) -> None:
+    with atomic_write(path) as fh:
+        Image.fromarray(image_hwc).save(fh, format="PNG")
+
+
+def load_png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def grid_image(targets: torch.Tensor, iris: torch.Tensor, seed: torch.Tensor | None = None, *, columns: int = 10,
+               scale: int = 2, pad: int = 2) -> np.ndarray:
+    """A picture for people: rows of targets, each above the row of its IRIs
+    (with the seed at the start of each IRI row when given)."""
+    t, i = to_uint8(targets), to_uint8(iris)
+    n, h, w, _ = t.shape
+    lead = 1 if seed is not None else 0
+    rows = []
+    s = to_uint8(seed)[0] if seed is not None else None
+    blank = np.full((h, w, 3), 255, np.uint8)
+    for start in range(0, n, columns):
+        top = [blank] * lead + list(t[start:start + columns])
+        bottom = ([s] if lead else []) + list(i[start:start + columns])
+        for row in (top, bottom):
+            row = row + [blank] * (columns + lead - len(row))
+            rows.append(np.concatenate([np.pad(im, ((pad, pad), (pad, pad), (0, 0)), constant_values=255) for im in row], 1))
+    grid = np.concatenate(rows, 0)
+    return grid.repeat(scale, 0).repeat(scale, 1)
+
+
+@dataclass
+class IRISet:
+    """An IRI set read back from disk (images from the 8-bit PNGs)."""
+
+    folder: Path
+    seed: torch.Tensor  # (1, 3, H, W)
+    targets: torch.Tensor  # (N, 3, H, W)
+    iris: torch.Tensor  # (N, 3, H, W)
+    table: pd.DataFrame
+    meta: dict
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.table["label"].to_numpy()
+
+
+def write_iriset(folder: Path, *, seed: torch.Tensor, targets: torch.Tensor, iris: torch.Tensor, table: pd.DataFrame,
+                 target_indices, meta: dict) -> None:
+    """Write every file of an IRI set (each one atomically; meta.json last,
+    so a folder with meta.json is complete)."""
+    folder = Path(folder)
+    for name, batch in (("targets", targets), ("iris", iris)):
+        for k, im in enumerate(to_uint8(batch)):
+            save_png(folder / name / f"{k:04d}.png", im)
+    save_png(folder / "seed.png", to_uint8(seed)[0])
+    save_png(folder / "grid.png", grid_image(targets, iris, seed))
+    with atomic_write(folder / "tensors.pt") as fh:
+        torch.save({"seed": seed.cpu(), "targets": targets.cpu(), "iris": iris.cpu()}, fh)
+    with atomic_write(folder / "results.csv", "w") as fh:
+        table.to_csv(fh, index=False)
+    write_json(folder / "targets.json", [int(i) for i in target_indices])
+    write_json(folder / "meta.json", meta)
+
+
+def read_iriset(folder: str | Path) -> IRISet:
+    """Read an IRI set through its PNGs; a missing or partial folder is an error."""
+    folder = Path(folder)
+    if not (folder / "meta.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a complete IRI set (no meta.json): run `iri invert` for it first")
+    table = pd.read_csv(folder / "results.csv")
+    n = len(table)
+    load = lambda sub: from_uint8(np.stack([load_png(folder / sub / f"{k:04d}.png") for k in range(n)]))  # noqa: E731
+    seed = from_uint8(load_png(folder / "seed.png")[None])
+    return IRISet(folder, seed, load("targets"), load("iris"), table, read_json(folder / "meta.json"))

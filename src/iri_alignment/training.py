@@ -1,0 +1,338 @@
+"""Training regimes of the study (protocol section 4), resumable at any epoch.
+
+Supervised regimes (SGD, step schedule) differ only in the loss of a batch:
+
+=====================  ===========================================================
+``standard``           CE(f(aug(x)), y)
+``standard-simclraug`` the same with one SimCLR view as augmentation
+``adversarial``        CE(f(x*), y), x* = l2 PGD adversary of aug(x) (Madry et al.)
+``adversarial-noaug``  the same without augmentation
+``trades``             CE(f(x), y) + beta * KL(f(x) || f(x*))   (Zhang et al. 2019)
+``mart``               boosted CE on x* + beta * KL * (1 - p_y)  (Wang et al. 2020)
+=====================  ===========================================================
+
+Contrastive regimes (``simclr``, ``simclr-nocolor``, ``simclr-adv``) train a
+backbone and projection head with NT-Xent under LARS with warm-up and cosine
+decay, then fit a linear probe on the frozen backbone; the probe becomes the
+model's final linear layer, so every trained model is an ordinary classifier.
+
+Determinism and resuming: every random draw of epoch ``e`` (data order,
+augmentation, attack starts) comes from generators seeded by ``(seed, e)``,
+and the model, optimiser and schedule are saved atomically after every epoch
+(``last.pt``). A run killed at any moment restarts from the last complete
+epoch and, on the CPU, ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from iri_alignment import attacks, augment
+from iri_alignment.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from iri_alignment.data.loading import open_split
+from iri_alignment.io import write_json
+from iri_alignment.models import build_model
+from iri_alignment.params import params_hash
+from iri_alignment.tracking import log_metrics, start_run
+
+log = logging.getLogger(__name__)
+
+SUPERVISED = ("standard", "adversarial", "adversarial-noaug", "standard-simclraug", "trades", "mart")
+CONTRASTIVE = ("simclr", "simclr-nocolor", "simclr-adv")
+REGIMES = SUPERVISED + CONTRASTIVE
+
+
+def regime_config(params: dict, regime: str) -> dict:
+    """Everything that defines how a regime trains, merged from params.
+
+    Supervised: ``training.supervised`` overridden by ``training.regime.<regime>``.
+    Contrastive: ``training.contrastive`` plus its variant under ``variant``.
+    The hash of this dict (with the data and model settings) names the run.
+    """
+    training = params["training"]
+    if regime in SUPERVISED:
+        return {**training["supervised"], **training["regime"][regime]}
+    if regime in CONTRASTIVE:
+        contrastive = {k: v for k, v in training["contrastive"].items() if k not in ("variants", "archs")}
+        return {**contrastive, "variant": training["contrastive"]["variants"][regime]}
+    raise ValueError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
+
+
+def threat_eps(params: dict, regime: str) -> float:
+    """The l2 radius a model is evaluated at: its own training epsilon, else
+    the study's adversarial-training epsilon (so standard and AT models are
+    attacked alike)."""
+    cfg = regime_config(params, regime) if regime in REGIMES else {}
+    attack = cfg.get("attack") or cfg.get("variant", {}).get("attack")
+    return float((attack or params["training"]["regime"]["adversarial"]["attack"])["eps"])
+
+
+def attack_step(attack: dict) -> float:
+    """PGD step size: ``step_size`` if given, else ``step_factor * eps / steps``."""
+    return attack.get("step_size") or attacks.step_size_for(attack["eps"], attack["steps"], attack.get("step_factor", 2.5))
+
+
+def run_hash(params: dict, dataset: str, arch: str, regime: str) -> str:
+    """Hash of everything a trained model depends on: change any of it and
+    the model is retrained rather than resumed."""
+    return params_hash({
+        "dataset": dataset, "arch": arch, "width": params["models"]["width"], "regime": regime_config(params, regime),
+        "augmentation": params["data"]["augmentation"], "shapes": params["data"]["shapes"] if dataset == "shapes" else None,
+        "seed": params["study"]["seed"] + params["training"].get("seed_offset", 0),
+    })
+
+
+def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A CPU generator for one random stream of one epoch (order, aug, attack)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
+
+
+# -- one epoch -----------------------------------------------------------------------
+
+
+def supervised_batch_loss(model, x, y, cfg: dict, regime: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss of one augmented batch and the logits it was computed from."""
+    if regime in ("standard", "standard-simclraug"):
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+    attack = cfg["attack"]
+    kw = {"eps": attack["eps"], "steps": attack["steps"], "step_size": attack_step(attack), "generator": gen}
+    if regime in ("trades", "mart"):
+        loss_fn = attacks.trades_loss if regime == "trades" else attacks.mart_loss
+        loss = loss_fn(model, x, y, beta=cfg["beta"], **kw)
+        with torch.no_grad(), attacks.eval_mode(model):  # logits for the accuracy only
+            return loss, model(x)
+    # adversarial training: the attack runs in eval mode (BN statistics are not
+    # polluted by adversaries), the update in train mode
+    model.eval()
+    x_adv = attacks.pgd_l2(model, x, y, random_start=attack.get("random_start", False), **kw)
+    model.train()
+    logits = model(x_adv)
+    return F.cross_entropy(logits, y), logits
+
+
+def augmentation_config(params: dict, name: str) -> dict | None:
+    """The settings of a named augmentation: ``standard`` reads
+    ``data.augmentation``, ``simclr`` the SimCLR views."""
+    return {"standard": params["data"]["augmentation"], "simclr": params["training"]["contrastive"]["views"]}.get(name)
+
+
+def train_supervised_epoch(model, split, cfg, aug_cfg, regime, *, optimizer, seed, epoch, device, progress) -> dict:
+    model.train()
+    order, aug_gen, attack_gen = (epoch_generator(seed, epoch, s) for s in range(3))
+    total = correct = 0
+    loss_sum = 0.0
+    start = time.perf_counter()
+    batches = split.batches(cfg["batch_size"], shuffle=True, generator=order, device=device)
+    n_batches = math.ceil(len(split) / cfg["batch_size"])
+    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False, disable=not progress)
+    for x, y in bar:
+        x = augment.augment(cfg["augment"], x, aug_cfg, aug_gen)
+        loss, logits = supervised_batch_loss(model, x, y, cfg, regime, attack_gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum += loss.item() * len(y)
+        bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
+    seconds = time.perf_counter() - start
+    return {"loss": loss_sum / total, "train_acc": correct / total, "images_per_s": total / seconds}
+
+
+def train_contrastive_epoch(simclr_model, split, cfg, *, optimizer, scheduler, seed, epoch, device, progress) -> dict:
+    from iri_alignment import simclr
+
+    simclr_model.train()
+    order, aug_gen, attack_gen = (epoch_generator(seed, epoch, s) for s in range(3))
+    variant = cfg["variant"]
+    total, loss_sum = 0, 0.0
+    start = time.perf_counter()
+    batches = split.batches(cfg["batch_size"], shuffle=True, generator=order, device=device, drop_last=True)
+    bar = tqdm(batches, total=len(split) // cfg["batch_size"], desc=f"epoch {epoch}", leave=False, disable=not progress)
+    for x, _ in bar:
+        v1 = augment.simclr_view(x, cfg["views"], aug_gen, color=variant.get("color", True))
+        v2 = augment.simclr_view(x, cfg["views"], aug_gen, color=variant.get("color", True))
+        if "attack" in variant:
+            a = variant["attack"]
+            v1, v2 = simclr.contrastive_adversarial_views(simclr_model, v1, v2, eps=a["eps"], steps=a["steps"],
+                                                          step_size=attack_step(a), generator=attack_gen)
+        loss = simclr.nt_xent(simclr_model(v1), simclr_model(v2), cfg["temperature"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += len(x)
+        loss_sum += loss.item() * len(x)
+        bar.set_postfix(loss=f"{loss_sum / total:.3f}")
+    return {"loss": loss_sum / max(total, 1), "images_per_s": total / (time.perf_counter() - start)}
+
+
+# -- evaluation ------------------------------------------------------------------------
+
+
+def evaluate_classifier(model, split, *, eps: float, steps: int, step_factor: float, batch_size: int, device,
+                        limit: int | None = None, progress: bool = False) -> dict:
+    """Clean accuracy and robust accuracy under l2 PGD (no random start) at
+    ``eps`` with ``steps`` steps of ``step_factor * eps / steps``, as fractions."""
+    n = clean = robust = 0
+    step_size = attacks.step_size_for(eps, steps, step_factor)
+    total = len(split) if limit is None else min(limit, len(split))
+    bar = tqdm(split.batches(batch_size, device=device, limit=limit), total=math.ceil(total / batch_size),
+               desc="evaluate", leave=False, disable=not progress)
+    for x, y in bar:
+        batch = attacks.robust_accuracy(model, x, y, eps=eps, steps=steps, step_size=step_size, batch_size=len(y))
+        clean += round(batch["clean_acc"] * batch["n"])
+        robust += round(batch["robust_acc"] * batch["n"])
+        n += batch["n"]
+    return {"clean_acc": clean / n, "robust_acc": robust / n, "eps": eps, "attack_steps": steps, "n": n}
+
+
+def evaluate_checkpoint(params: dict, checkpoint: str | Path, *, device, attack_steps: int | None = None,
+                        eps: float | None = None, limit: int | None = None, out: str | Path | None = None) -> dict:
+    """``iri evaluate``: clean and robust accuracy of a checkpoint (at the
+    model's own epsilon unless ``eps`` is given), as an MLflow run and JSON."""
+    from iri_alignment.checkpoints import load_model
+
+    model, ckpt = load_model(checkpoint, device=device)
+    meta = ckpt.meta
+    params = {**params, "data": {**params["data"], "dataset": meta["dataset"]}}
+    steps = attack_steps or params["evaluation"]["attack_steps"]
+    tags = {"dataset": meta["dataset"], "arch": meta["arch"], "regime": meta["regime"], "params_hash": meta["params_hash"]}
+    with start_run(params, stage="evaluate", name=f"{meta['arch']}-{meta['regime']}", tags=tags,
+                   log_params={"checkpoint": str(checkpoint), "attack_steps": steps, "limit": limit}):
+        result = evaluate_classifier(model, open_split(params, "test"), eps=eps or meta["eps"], steps=steps,
+                                     step_factor=params["evaluation"]["step_factor"],
+                                     batch_size=params["data"]["eval_batch_size"], device=device, limit=limit, progress=True)
+        log_metrics(result)
+    result = {"checkpoint": str(checkpoint), "dataset": meta["dataset"], "arch": meta["arch"], "regime": meta["regime"],
+              "width": meta["width"], **{k: v for k, v in meta["metrics"].items() if k.startswith("probe")}, **result}
+    if out:
+        write_json(out, result)
+    return result
+
+
+def fit_probe(model, params: dict, cfg: dict, train_split, test_split, *, seed: int, device) -> dict:
+    """Linear probe on the frozen backbone; its weights become ``model.fc``."""
+    from iri_alignment import simclr
+
+    probe = cfg["probe"]
+    x_tr, y_tr = train_split.get(range(len(train_split)))
+    x_te, y_te = test_split.get(range(len(test_split)))
+    result = simclr.linear_probe(model, x_tr, y_tr, x_te, y_te, epochs=probe["epochs"], batch_size=probe["batch_size"],
+                                 lr=probe["lr"], weight_decay=probe["weight_decay"],
+                                 generator=torch.Generator().manual_seed(seed), device=device)
+    with torch.no_grad():
+        model.backbone.fc.weight.copy_(result["weight"])
+        model.backbone.fc.bias.copy_(result["bias"])
+    return {"probe_test_acc": result["test_acc"], "probe_train_acc": result["train_acc"]}
+
+
+# -- the whole run --------------------------------------------------------------------
+
+
+def _build_optimisation(model, cfg, regime, steps_per_epoch):
+    if regime in CONTRASTIVE:
+        from iri_alignment import simclr
+
+        trainable = simclr.SimCLRModel(model, cfg["head"])
+        optimizer = simclr.LARS(trainable.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        total = cfg["epochs"] * steps_per_epoch
+        warm = cfg["warmup_epochs"] * steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: simclr.warmup_cosine(s, total, warm))
+        return trainable, optimizer, scheduler
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg["lr_step_every"], gamma=cfg["lr_gamma"])
+    return model, optimizer, scheduler
+
+
+def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torch.device, progress: bool = True,
+          restart: bool = False, evaluate: bool = True) -> dict:
+    """Train one model of the study and evaluate it; return its final metrics.
+
+    Writes into ``out``: ``last.pt`` (resumable state, every epoch),
+    ``epoch-NNNN.pt`` (every ``keep_every`` epochs), ``model.pt`` (the final
+    classifier) and ``metrics.json``. Rerunning the same command after an
+    interruption resumes from ``last.pt``; ``restart`` discards it.
+    ``evaluate`` (default True) ends with the clean and robust test accuracy;
+    the pipeline turns it off and evaluates in its own stage.
+    """
+    dataset = params["data"]["dataset"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = regime_config(params, regime)
+    seed = params["study"]["seed"] + params["training"].get("seed_offset", 0)
+    rhash = run_hash(params, dataset, arch, regime)
+    meta = {"dataset": dataset, "arch": arch, "width": params["models"]["width"], "regime": regime,
+            "params_hash": rhash, "profile": params["profile"], "eps": threat_eps(params, regime)}
+
+    torch.manual_seed(seed)
+    model = build_model(dataset, arch, width=params["models"]["width"]).to(device)
+    train_split, test_split = open_split(params, "train"), open_split(params, "test")
+    steps_per_epoch = len(train_split) // cfg["batch_size"] if regime in CONTRASTIVE else math.ceil(len(train_split) / cfg["batch_size"])
+    trainable, optimizer, scheduler = _build_optimisation(model, cfg, regime, max(steps_per_epoch, 1))
+
+    start_epoch, run_id = 1, None
+    last = out / "last.pt"
+    if last.exists() and restart:
+        last.unlink()
+    if last.exists():
+        try:
+            ckpt = load_checkpoint(last, expect={"params_hash": rhash, "arch": arch, "regime": regime})
+        except CheckpointError as err:
+            raise CheckpointError(f"cannot resume: {err}. Rerun with --restart to train from scratch.") from None
+        trainable.load_state_dict(ckpt.state["trainable"])
+        optimizer.load_state_dict(ckpt.state["optimizer"])
+        scheduler.load_state_dict(ckpt.state["scheduler"])
+        start_epoch, run_id = ckpt.meta["epoch"] + 1, ckpt.state.get("mlflow_run_id")
+        log.info("resuming %s from epoch %d", last, ckpt.meta["epoch"])
+
+    eval_cfg = params["evaluation"]
+    eval_kw = {"eps": meta["eps"], "steps": eval_cfg["attack_steps"], "step_factor": eval_cfg["step_factor"],
+               "batch_size": params["data"]["eval_batch_size"], "device": device}
+    tags = {"dataset": dataset, "arch": arch, "regime": regime, "params_hash": rhash}
+    with start_run(params, stage="train", name=f"{arch}-{regime}", tags=tags, run_id=run_id,
+                   log_params={"dataset": dataset, "arch": arch, "width": meta["width"], "regime": regime, **cfg}) as run:
+        epochs = cfg["epochs"]
+        metrics = {}
+        for epoch in tqdm(range(start_epoch, epochs + 1), desc=f"train {arch}-{regime}", initial=start_epoch - 1,
+                          total=epochs, disable=not progress):
+            torch.manual_seed(seed * 7919 + epoch)  # any layer that draws from the global RNG (dropout)
+            if regime in CONTRASTIVE:
+                metrics = train_contrastive_epoch(trainable, train_split, cfg, optimizer=optimizer, scheduler=scheduler,
+                                                  seed=seed, epoch=epoch, device=device, progress=progress)
+            else:
+                metrics = train_supervised_epoch(model, train_split, cfg, augmentation_config(params, cfg["augment"]), regime,
+                                                 optimizer=optimizer, seed=seed, epoch=epoch, device=device, progress=progress)
+                scheduler.step()
+                subset = eval_cfg.get("epoch_subset", 0)
+                if subset:
+                    quick = evaluate_classifier(model, test_split, limit=subset, **eval_kw)
+                    metrics.update(clean_acc=quick["clean_acc"], robust_acc=quick["robust_acc"])
+            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            log_metrics(metrics, step=epoch)
+            state = {"trainable": trainable.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "mlflow_run_id": run.info.run_id}
+            save_checkpoint(last, model, {**meta, "epoch": epoch, "metrics": metrics}, state=state)
+            if cfg.get("keep_every") and epoch % cfg["keep_every"] == 0:
+                shutil.copyfile(last, out / f"epoch-{epoch:04d}.pt")
+            log.info("epoch %d/%d %s", epoch, epochs, {k: round(v, 4) for k, v in metrics.items()})
+
+        final = {}
+        if regime in CONTRASTIVE:
+            final.update(fit_probe(model, params, cfg, train_split, test_split, seed=seed, device=device))
+        if evaluate:
+            final.update(evaluate_classifier(model, test_split, progress=progress, **eval_kw))
+        final["epochs"] = epochs
+        log_metrics({f"final_{k}": v for k, v in final.items()})
+        save_checkpoint(out / "model.pt", model, {**meta, "epoch": epochs, "metrics": final})
+        write_json(out / "metrics.json", {**meta, **final, "mlflow_run_id": run.info.run_id})
+    return final

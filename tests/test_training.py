@@ -1,0 +1,131 @@
+"""Training regimes on the smoke profile: every regime runs, runs are tracked,
+failures are marked, and an interrupted run (SIGKILL) resumes to the same weights."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from iri_alignment import training
+from iri_alignment.checkpoints import CheckpointError, load_checkpoint
+from iri_alignment.params import load_params
+from iri_alignment.training import REGIMES, train
+
+
+@pytest.fixture
+def smoke(repo, tmp_path, monkeypatch):
+    """Smoke params with data under tmp_path; tests run from tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    params = load_params(repo / "params.yaml", "smoke")
+    params["data"]["root"] = str(tmp_path / "data")
+    return params
+
+
+def runs(params):
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    return mlflow.search_runs(experiment_names=[f"{params['study']['name']}-{params['profile']}"], output_format="list")
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+def test_every_regime_trains_and_evaluates(smoke, tmp_path, regime):
+    metrics = train(smoke, arch="resnet18", regime=regime, out=tmp_path / regime, device=torch.device("cpu"), progress=False)
+    assert 0 <= metrics["clean_acc"] <= 1 and 0 <= metrics["robust_acc"] <= metrics["clean_acc"] + 1e-9
+    assert metrics["n"] == 100
+    if regime in training.CONTRASTIVE:
+        assert 0 <= metrics["probe_test_acc"] <= 1
+        assert (tmp_path / regime / "epoch-0001.pt").is_file()  # keep_every: 1 in the smoke profile
+    ckpt = load_checkpoint(tmp_path / regime / "model.pt")
+    assert ckpt.meta["regime"] == regime and ckpt.meta["epoch"] == 1 and ckpt.meta["metrics"]["clean_acc"] == metrics["clean_acc"]
+    written = json.loads((tmp_path / regime / "metrics.json").read_text())
+    assert written["robust_acc"] == metrics["robust_acc"]
+
+
+def test_training_is_an_mlflow_run_with_tags_and_epoch_metrics(smoke, tmp_path):
+    train(smoke, arch="resnet18", regime="adversarial", out=tmp_path / "m", device=torch.device("cpu"), progress=False)
+    (run,) = runs(smoke)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    for key in ("dataset", "arch", "regime", "profile", "git_commit", "params_hash"):
+        assert tags[key], key
+    assert (tags["dataset"], tags["arch"], tags["regime"], tags["profile"]) == ("shapes", "resnet18", "adversarial", "smoke")
+    client = mlflow.MlflowClient()
+    for metric in ("loss", "train_acc", "clean_acc", "robust_acc", "images_per_s"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1], metric
+    assert "final_robust_acc" in run.data.metrics
+    assert run.data.params["attack.eps"] == "1.0"
+
+
+def test_a_failing_run_is_marked_failed(smoke, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(training, "train_supervised_epoch", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(smoke, arch="resnet18", regime="standard", out=tmp_path / "m", device=torch.device("cpu"), progress=False)
+    (run,) = runs(smoke)
+    assert run.info.status == "FAILED"
+
+
+def test_resume_refuses_a_checkpoint_of_other_params(smoke, tmp_path):
+    train(smoke, arch="resnet18", regime="standard", out=tmp_path / "m", device=torch.device("cpu"), progress=False)
+    smoke["training"]["supervised"]["lr"] = 0.05
+    with pytest.raises(CheckpointError, match="cannot resume.*params_hash.*--restart"):
+        train(smoke, arch="resnet18", regime="standard", out=tmp_path / "m", device=torch.device("cpu"), progress=False)
+    train(smoke, arch="resnet18", regime="standard", out=tmp_path / "m", device=torch.device("cpu"), progress=False, restart=True)
+
+
+def test_unknown_regime_is_named():
+    with pytest.raises(ValueError, match="unknown regime 'adverserial'"):
+        training.regime_config({"training": {}}, "adverserial")
+
+
+# -- kill and resume -------------------------------------------------------------------------
+
+
+def _train_cmd(tmp_path, out):
+    return [sys.executable, "-m", "iri_alignment.cli", "train", "--arch", "resnet18", "--regime", "adversarial",
+            "--out", str(out), "--params", str(tmp_path / "params.yaml"), "--profile", "smoke", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_same_weights_as_an_uninterrupted_run(repo, tmp_path):
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    smoke = raw["profiles"]["smoke"]
+    smoke["data"]["root"] = str(tmp_path / "data")
+    smoke["training"]["supervised"]["epochs"] = 4
+    smoke["data"]["shapes"]["n_train"] = 400
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+    subprocess.run(_train_cmd(tmp_path, tmp_path / "straight"), cwd=tmp_path, env=env, check=True, capture_output=True)
+
+    proc = subprocess.Popen(_train_cmd(tmp_path, tmp_path / "killed"), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and load_checkpoint(last).meta["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed; make the run longer"
+    time.sleep(0.3)  # kill mid-epoch, not right at a checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epoch_at_kill = load_checkpoint(last).meta["epoch"]
+    assert 2 <= epoch_at_kill < 4 and not (tmp_path / "killed" / "model.pt").exists()
+
+    subprocess.run(_train_cmd(tmp_path, tmp_path / "killed"), cwd=tmp_path, env=env, check=True, capture_output=True)
+
+    a = load_checkpoint(tmp_path / "straight" / "model.pt")
+    b = load_checkpoint(tmp_path / "killed" / "model.pt")
+    assert a.model.keys() == b.model.keys()
+    for key in a.model:
+        assert torch.equal(a.model[key], b.model[key]), key
+    assert a.meta["metrics"] == b.meta["metrics"]
