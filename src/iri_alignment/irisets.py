@@ -45,7 +45,7 @@ def save_png(path: Path, image_hwc: np.ndarray) -> None:
 
 def load_png(path: Path) -> np.ndarray:
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))  # a writable copy
 
 
 def grid_image(targets: torch.Tensor, iris: torch.Tensor, seed: torch.Tensor | None = None, *, columns: int = 10,

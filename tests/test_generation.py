@@ -1,0 +1,151 @@
+"""The invert / score / export-human jobs end to end on a tiny model: what the
+folders hold, that scoring reads the 8-bit PNGs, resuming, MLflow records."""
+
+import json
+import os
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from iri_alignment import generation
+from iri_alignment.alignment import export_human, score
+from iri_alignment.checkpoints import save_checkpoint
+from iri_alignment.irisets import read_iriset
+from iri_alignment.models import build_model
+from iri_alignment.params import load_params
+from iri_alignment.proxies import get_proxy, paired
+from iri_alignment.scoring import clustering_triplets
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def study(repo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = load_params(repo / "params.yaml", "smoke")
+    params["data"]["root"] = str(tmp_path / "data")
+    params["inversion"]["iterations"] = 4
+    params["inversion"]["batch_size"] = 6  # 10 targets: two batches
+    torch.manual_seed(0)
+    model = build_model("shapes", "resnet18", width=0.0625)
+    ckpt = save_checkpoint(tmp_path / "model.pt", model, {"dataset": "shapes", "arch": "resnet18", "width": 0.0625,
+                                                           "regime": "standard", "epoch": 1, "params_hash": "x", "eps": 1.0,
+                                                           "metrics": {}})
+    return params, ckpt
+
+
+def test_invert_writes_a_complete_iri_set(study, tmp_path):
+    params, ckpt = study
+    summary = generation.generate(params, checkpoint=ckpt, regularizer="reg-free", out=tmp_path / "iris", device=CPU,
+                                  progress=False)
+    out = tmp_path / "iris"
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 10 and sorted(table["label"]) == list(range(10))  # one target per class
+    assert set(table.columns) >= {"target_index", "label", "rep_loss", "converged", "best_iteration"}
+    assert (table["converged"] == (table["rep_loss"] <= params["inversion"]["converged_below"])).all()
+    assert summary["pct_converged"] == pytest.approx(100 * table["converged"].mean())
+    for sub in ("targets", "iris"):
+        assert sorted(p.name for p in (out / sub).iterdir()) == [f"{k:04d}.png" for k in range(10)]
+    assert (out / "seed.png").is_file() and (out / "grid.png").is_file() and not (out / ".partial").exists()
+    tensors = torch.load(out / "tensors.pt", weights_only=True)
+    assert tensors["iris"].shape == (10, 3, 32, 32) and tensors["iris"].dtype == torch.float32
+    assert json.loads((out / "targets.json").read_text()) == table["target_index"].tolist()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["regularizer"] == "reg-free" and meta["iterations"] == 4
+    # the PNGs are the float tensors rounded to 8 bits
+    iriset = read_iriset(out)
+    assert torch.allclose(iriset.iris, tensors["iris"], atol=0.5 / 255 + 1e-6)
+    # and it is an MLflow run with the grid attached
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    (run,) = mlflow.search_runs(experiment_names=["nanda2023-smoke"], output_format="list")
+    assert run.data.metrics["pct_converged"] == summary["pct_converged"]
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)} >= {"grid.png", "results.csv"}
+
+
+def test_same_settings_same_iris(study, tmp_path):
+    params, ckpt = study
+    for name in ("a", "b"):
+        generation.generate(params, checkpoint=ckpt, regularizer="human-aligned", out=tmp_path / name, device=CPU,
+                            progress=False)
+    assert (tmp_path / "a" / "iris" / "0003.png").read_bytes() == (tmp_path / "b" / "iris" / "0003.png").read_bytes()
+
+
+def test_interrupted_inversion_resumes_without_redoing_finished_batches(study, tmp_path, monkeypatch):
+    params, ckpt = study
+    calls = []
+    real = generation.invert
+
+    def flaky(*args, **kwargs):
+        calls.append(args[1].shape[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed during the second batch
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "invert", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        generation.generate(params, checkpoint=ckpt, regularizer="reg-free", out=tmp_path / "iris", device=CPU, progress=False)
+    assert (tmp_path / "iris" / ".partial" / "batch-000.pt").is_file() and not (tmp_path / "iris" / "meta.json").exists()
+    generation.generate(params, checkpoint=ckpt, regularizer="reg-free", out=tmp_path / "iris", device=CPU, progress=False)
+    assert calls == [6, 4, 4]  # batch 0 once, batch 1 twice
+    monkeypatch.setattr(generation, "invert", real)
+    generation.generate(params, checkpoint=ckpt, regularizer="reg-free", out=tmp_path / "straight", device=CPU, progress=False)
+    assert (tmp_path / "iris" / "iris" / "0007.png").read_bytes() == (tmp_path / "straight" / "iris" / "0007.png").read_bytes()
+
+
+def test_targets_are_seeded_and_balanced():
+    labels = np.repeat(np.arange(10), 20)
+    a = generation.select_targets(labels, 3, seed=0)
+    assert len(a) == 30 and (np.bincount(labels[a]) == 3).all()
+    assert (a == generation.select_targets(labels, 3, seed=0)).all()
+    assert (a != generation.select_targets(labels, 3, seed=1)).any()
+    with pytest.raises(ValueError, match="fewer than the 30 targets"):
+        generation.select_targets(labels, 30, seed=0)
+
+
+def test_score_reads_the_pngs_and_saves_every_distance(study, tmp_path):
+    params, ckpt = study
+    generation.generate(params, checkpoint=ckpt, regularizer="reg-free", out=tmp_path / "iris", device=CPU, progress=False)
+    summary = score(params, iris=tmp_path / "iris", proxies=["l2", "ssim"], out=tmp_path / "scores.csv", device=CPU)
+    table = pd.read_csv(tmp_path / "scores.csv")
+    assert len(table) == 20 and set(table["proxy"]) == {"l2", "ssim"}
+    # distances are those of the 8-bit images, not of the float tensors
+    iriset = read_iriset(tmp_path / "iris")
+    d = paired(get_proxy("l2"), iriset.iris, iriset.targets).numpy()
+    assert np.allclose(table.loc[table["proxy"] == "l2", "d_target"], d, atol=1e-6)
+    rows = table[table["proxy"] == "l2"]
+    expected = np.where(rows["d_target"] < rows["d_seed"], 1.0, 0.0)
+    assert (rows["2afc"].to_numpy() == expected).all()  # no exact ties on random images
+    assert summary["proxies"]["l2"]["2afc"]["mean"] == pytest.approx(100 * expected.mean())
+    s = summary["proxies"]["ssim"]["clustering"]
+    assert s["ci_low"] <= s["mean"] <= s["ci_high"] and s["n"] == 10
+    assert summary["over_proxies"]["2afc"]["n"] == 2
+    assert json.loads((tmp_path / "scores.json").read_text())["regularizer"] == "reg-free"
+
+
+def test_adversarial_set_flags_the_proxy_it_was_optimised_against(study, tmp_path):
+    params, ckpt = study
+    params["inversion"]["adversarial"]["proxy"] = "ssim"
+    generation.generate(params, checkpoint=ckpt, regularizer="adversarial", out=tmp_path / "iris", device=CPU, progress=False)
+    summary = score(params, iris=tmp_path / "iris", proxies=["l2", "ssim"], out=tmp_path / "scores.csv", device=CPU)
+    assert summary["proxies"]["ssim"]["optimised_against"] and not summary["proxies"]["l2"]["optimised_against"]
+    assert summary["other_proxies"]["2afc"]["n"] == 1
+
+
+def test_export_human_uses_the_scored_triplets(study, tmp_path):
+    params, ckpt = study
+    generation.generate(params, checkpoint=ckpt, regularizer="reg-free", out=tmp_path / "iris", device=CPU, progress=False)
+    export_human(params, iris=tmp_path / "iris", out=tmp_path / "human")
+    manifest = json.loads((tmp_path / "human" / "manifest.json").read_text())
+    labels = read_iriset(tmp_path / "iris").labels
+    triplets = clustering_triplets(labels, params["scoring"]["clustering_seed"])
+    for trial, row in zip(manifest["clustering"], triplets):
+        assert trial["candidates"] == [f"images/target-{j:04d}.png" for j in row]
+        assert trial["candidates"][trial["answer"]] == f"images/target-{trial['trial']:04d}.png"
+    for trial in manifest["2afc"]:
+        assert trial["choices"][trial["answer"]] == f"images/target-{trial['trial']:04d}.png"
+        assert "images/seed.png" in trial["choices"]
+        for path in (trial["query"], *trial["choices"]):
+            assert (tmp_path / "human" / path).is_file()
