@@ -22,11 +22,11 @@ $(STAMP): requirements.lock pyproject.toml
 test: setup  ## run the test suite (installs first)
 	$(BIN)/pytest
 
-demo: setup  ## run the embedded study on this CPU, no network
-	@echo "The study DAG is not wired yet: this demo checks params, generates the embedded dataset and lists the models."
-	$(BIN)/iri params check params.yaml
-	$(BIN)/iri data prepare --dataset shapes --profile embedded
-	$(BIN)/iri models describe --dataset shapes --arch resnet18 --width 0.25
+demo: setup  ## run the embedded study on this CPU, no network (about 20 minutes on 2 cores)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores all --config profile=embedded
+	@echo "Tables:  $(CURDIR)/results/tables/  (alignment_by_regularizer.md, proxies.md, significance.md, ...)"
+	@echo "Figures: $(CURDIR)/results/figures/ (IRI grids in grids/, alignment plots)"
+	@echo "Runs:    .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 bench: setup  ## throughput benchmarks on this machine
 	$(BIN)/python -m iri_alignment.bench

@@ -108,6 +108,43 @@ def bench_scoring(proxies, *, pairs: int, repeats: int, device) -> list[dict]:
     return rows
 
 
+def paper_cost(report: dict, paper: dict) -> dict:
+    """Hours the paper study would take at the measured throughput.
+
+    Work model (image passes, forward + backward): supervised training
+    ``epochs x n_train`` per model, times ``steps + 1`` for PGD adversarial
+    training; SimCLR ``epochs x n_train x 2`` views; evaluation
+    ``n_test x (attack_steps + 1)``; inversion ``targets x iterations`` per
+    IRI set. Throughputs measured at another width or on another device
+    scale this linearly, so run ``make bench`` on the GPU you will use,
+    with ``--width 1``, for a real estimate.
+    """
+    t, inv = paper["training"], paper["inversion"]
+    n_train, n_test = 50_000, 10_000
+    train_speed = {(r["arch"], r["regime"]): r["images_per_s"] for r in report["training"]}
+    inv_speed = {r["arch"]: r["image_iterations_per_s"] for r in report["inversion"]}
+    hours: dict[str, float] = {"train": 0.0, "evaluate": 0.0, "invert": 0.0}
+    n_targets = inv["targets"]["per_class"] * 10
+    for arch in paper["models"]["archs"]:
+        std = train_speed.get((arch, "standard"))
+        if not std or arch not in inv_speed:
+            continue
+        for regime in t["regimes"]:
+            steps = t["regime"][regime].get("attack", {}).get("steps", 0)
+            hours["train"] += t["supervised"]["epochs"] * n_train * (steps + 1) / std / 3600
+            hours["evaluate"] += n_test * (paper["evaluation"]["attack_steps"] + 1) / (3 * std) / 3600
+            hours["invert"] += len(inv["regularizers"]) * n_targets * inv["iterations"] / inv_speed[arch] / 3600
+    c = t["contrastive"]
+    for arch in c["archs"]:
+        if (arch, "standard") in train_speed and arch in inv_speed:
+            for _ in t["contrastive_regimes"]:
+                hours["train"] += c["epochs"] * n_train * 2 / train_speed[(arch, "standard")] / 3600
+                kept = c["epochs"] // c["keep_every"] if c.get("keep_every") else 1
+                hours["invert"] += (len(inv["regularizers"]) + kept) * n_targets * inv["iterations"] / inv_speed[arch] / 3600
+    hours["total"] = sum(hours.values())
+    return {k: round(v, 1) for k, v in hours.items()}
+
+
 def machine(device) -> dict:
     import torchvision
 
@@ -128,6 +165,9 @@ def markdown(report: dict) -> str:
     lines += [f"| {r['arch']} | {r['batch_size']} | {r['image_iterations_per_s']:.0f} |" for r in report["inversion"]]
     lines += ["", "| proxy | pairs/s |", "|---|---|"]
     lines += [f"| {r['proxy']} | {r['pairs_per_s']:.0f} |" for r in report["scoring"]]
+    cost = report["paper_cost_hours"]
+    lines += ["", f"Paper study at these speeds (width {report['width']}, {report['machine']['device']}): "
+              f"{cost['total']} device-hours (train {cost['train']}, evaluate {cost['evaluate']}, invert {cost['invert']})."]
     return "\n".join(lines)
 
 
@@ -159,6 +199,7 @@ def main(argv=None) -> dict:
     speed = {(r["arch"], r["regime"]): r["images_per_s"] for r in report["training"]}
     report["adversarial_cost_ratio"] = {a: speed[(a, "standard")] / speed[(a, "adversarial")] for a in archs
                                         if (a, "standard") in speed and (a, "adversarial") in speed}
+    report["paper_cost_hours"] = paper_cost(report, load_params(args.params, "paper"))
     print(markdown(report))  # noqa: T201 -- the report is this command's output
     if args.out:
         from iri_alignment.io import write_json

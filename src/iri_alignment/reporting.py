@@ -52,6 +52,7 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from iri_alignment import scoring, significance
+from iri_alignment.plan import parse_model_id
 from iri_alignment.io import atomic_write, read_json
 from iri_alignment.significance import arch_name
 
@@ -74,28 +75,6 @@ TASK_NAMES = {"2afc": "2AFC", "clustering": "clustering"}
 
 
 # -- reading the results folder ---------------------------------------------------------
-
-
-def parse_model_id(model_id: str) -> tuple[str, str, int | None]:
-    """``(arch, regime, epoch)`` of a model id.
-
-    ``resnet18-adversarial-noaug`` -> ``("resnet18", "adversarial-noaug", None)``;
-    ``resnet18-simclr@0005`` -> ``("resnet18", "simclr", 5)``. The regime is the
-    longest known regime the id ends with, else everything after the first ``-``.
-
-    Raises:
-        ValueError: no ``-`` in the id, or an epoch that is not an integer.
-    """
-    base, _, epoch = model_id.partition("@")
-    if epoch and not epoch.isdigit():
-        raise ValueError(f"model id {model_id!r}: the part after '@' must be an epoch number")
-    for regime in sorted(REGIMES, key=len, reverse=True):
-        if base.endswith(f"-{regime}") and len(base) > len(regime) + 1:
-            return base[: -len(regime) - 1], regime, int(epoch) if epoch else None
-    arch, sep, regime = base.partition("-")
-    if not sep or not arch or not regime:
-        raise ValueError(f"model id {model_id!r} is not <arch>-<regime>[@<epoch>]")
-    return arch, regime, int(epoch) if epoch else None
 
 
 def _read_json_or_none(path: Path) -> dict | None:

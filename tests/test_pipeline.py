@@ -1,0 +1,123 @@
+"""The study DAG end to end, the way a user runs it: `dvc repro` in a copy of
+the repository on the smoke profile. DVC stages call Snakemake with
+`--cores all` (parallel jobs on the default SQLite MLflow store), then:
+
+- a scoring parameter change reruns scoring and the report and trains nothing;
+- a training parameter of one regime reruns that regime's models and what
+  depends on them, and nothing else.
+
+One module-scoped run feeds every test; this is the slowest file of the suite.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+def _run(cmd, cwd, env):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted(Path(cwd, "results").rglob("*.log")))
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n{logs}")
+    return proc.stdout + proc.stderr
+
+
+def _set(params_file: Path, path: str, value) -> None:
+    raw = yaml.safe_load(params_file.read_text())
+    node = raw
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def _mtimes(root: Path, pattern: str) -> dict:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.glob(pattern))}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, repo):
+    """A fresh copy of the repository (tracked and new files) with the smoke
+    profile selected, after one complete `dvc repro`."""
+    ws = tmp_path_factory.mktemp("study")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=repo,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        if (repo / name).is_file():
+            (ws / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / name, ws / name)
+    _set(ws / "params.yaml", "profile", "smoke")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "IRI_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        _run(cmd, ws, env)
+    out = _run([str(BIN / "dvc"), "repro"], ws, env)
+    return ws, env, out
+
+
+def test_the_smoke_dag_produces_tables_figures_and_a_lock(workspace):
+    ws, _, _ = workspace
+    tables = ws / "results" / "tables"
+    for name in ("alignment_by_regularizer", "proxies", "architecture_loss", "augmentation", "simclr_epochs"):
+        for ext in ("csv", "md", "tex"):
+            assert (tables / f"{name}.{ext}").is_file(), f"{name}.{ext}"
+    assert (tables / "significance.csv").is_file() and (tables / "significance.md").is_file()
+    assert list((ws / "results" / "figures" / "grids").glob("*.png"))
+    assert (ws / "results" / "figures" / "alignment_by_regularizer.png").is_file()
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"data", "train", "evaluate", "invert", "score", "report"}
+
+
+def test_every_job_is_an_mlflow_run_under_its_invocation(workspace):
+    ws, _, _ = workspace
+    mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["nanda2023-smoke"], output_format="list")
+    parents = {r.info.run_id: r for r in runs if r.data.tags.get("stage") == "pipeline"}
+    jobs = [r for r in runs if r.data.tags.get("stage") != "pipeline"]
+    assert {r.data.tags["stage"] for r in jobs} == {"train", "evaluate", "invert", "score"}
+    assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    for r in jobs:
+        assert r.data.tags.get("mlflow.parentRunId") in parents, r.info.run_name
+        for tag in ("profile", "git_commit", "params_hash", "arch", "regime", "dataset"):
+            assert r.data.tags.get(tag), (r.info.run_name, tag)
+    report_parent = next(p for p in parents.values()
+                         if any(a.path == "tables" for a in mlflow.MlflowClient().list_artifacts(p.info.run_id)))
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(report_parent.info.run_id, "tables")}
+    assert "tables/significance.md" in names
+
+
+def test_a_scoring_change_reruns_scoring_and_report_only(workspace):
+    ws, env, _ = workspace
+    models, iris = _mtimes(ws, "results/models/*/model.pt"), _mtimes(ws, "results/iris/*/*/meta.json")
+    scores = _mtimes(ws, "results/scores/*/*.json")
+    _set(ws / "params.yaml", "profiles.smoke.scoring.bootstrap", 77)
+    out = _run([str(BIN / "dvc"), "repro"], ws, env)
+    assert "'train' didn't change" in out and "'invert' didn't change" in out
+    assert _mtimes(ws, "results/models/*/model.pt") == models
+    assert _mtimes(ws, "results/iris/*/*/meta.json") == iris
+    after = _mtimes(ws, "results/scores/*/*.json")
+    assert after.keys() == scores.keys() and all(after[k] != scores[k] for k in scores)
+
+
+def test_a_change_to_one_regime_retrains_only_that_regime(workspace):
+    ws, env, _ = workspace
+    models, iris = _mtimes(ws, "results/models/*/model.pt"), _mtimes(ws, "results/iris/*/*/meta.json")
+    _set(ws / "params.yaml", "profiles.smoke.training.regime.adversarial.attack.eps", 0.75)
+    _run([str(BIN / "dvc"), "repro"], ws, env)
+    after_models, after_iris = _mtimes(ws, "results/models/*/model.pt"), _mtimes(ws, "results/iris/*/*/meta.json")
+    changed = {k for k in models if after_models[k] != models[k]}
+    assert changed == {"results/models/resnet18-adversarial/model.pt"}
+    changed_iris = {k for k in iris if after_iris[k] != iris[k]}
+    assert changed_iris and all(k.startswith("results/iris/resnet18-adversarial/") for k in changed_iris)
