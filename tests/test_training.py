@@ -129,3 +129,10 @@ def test_sigkill_then_resume_gives_the_same_weights_as_an_uninterrupted_run(repo
     for key in a.model:
         assert torch.equal(a.model[key], b.model[key]), key
     assert a.meta["metrics"] == b.meta["metrics"]
+
+
+def test_attack_radius_warm_up_ramps_linearly_then_holds():
+    cfg = {"attack": {"eps": 1.5, "steps": 1, "eps_warmup_epochs": 3}}
+    assert [training.warmed_up(cfg, e)["attack"]["eps"] for e in (1, 2, 3, 4)] == pytest.approx([0.5, 1.0, 1.5, 1.5])
+    plain = {"attack": {"eps": 1.5, "steps": 1}}
+    assert training.warmed_up(plain, 1) is plain

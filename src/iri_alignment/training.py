@@ -125,7 +125,20 @@ def augmentation_config(params: dict, name: str) -> dict | None:
     return {"standard": params["data"]["augmentation"], "simclr": params["training"]["contrastive"]["views"]}.get(name)
 
 
+def warmed_up(cfg: dict, epoch: int) -> dict:
+    """The regime's settings for ``epoch`` with the attack radius ramped up
+    linearly over ``attack.eps_warmup_epochs`` epochs (0, the default: off).
+    A curriculum like this lets thin plain networks (VGG at small width)
+    start learning under large-radius attacks instead of sitting at chance."""
+    attack = cfg.get("attack")
+    if not attack or not attack.get("eps_warmup_epochs"):
+        return cfg
+    scale = min(1.0, epoch / attack["eps_warmup_epochs"])
+    return {**cfg, "attack": {**attack, "eps": attack["eps"] * scale}}
+
+
 def train_supervised_epoch(model, split, cfg, aug_cfg, regime, *, optimizer, seed, epoch, device, progress) -> dict:
+    cfg = warmed_up(cfg, epoch)
     model.train()
     order, aug_gen, attack_gen = (epoch_generator(seed, epoch, s) for s in range(3))
     total = correct = 0

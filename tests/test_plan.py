@@ -1,0 +1,44 @@
+"""The job list and the results layout the workflow is built from."""
+
+import pytest
+
+from iri_alignment import plan
+from iri_alignment.params import load_params
+
+
+@pytest.fixture
+def paper(repo):
+    return load_params(repo / "params.yaml", "paper")
+
+
+def test_model_ids_round_trip():
+    for arch, regime, epoch in [("resnet18", "adversarial-noaug", None), ("vgg16", "standard", None),
+                                ("resnet18", "simclr-nocolor", 50)]:
+        assert plan.parse_model_id(plan.model_id(arch, regime, epoch)) == (arch, regime, epoch)
+    with pytest.raises(ValueError, match="not a model id"):
+        plan.parse_model_id("resnet18")
+
+
+def test_paper_study_jobs(paper):
+    models = plan.trained_models(paper)
+    assert len(models) == 4 * 2 + 1 and ("resnet18", "simclr") in models
+    assert plan.kept_epochs(paper, "simclr") == list(range(50, 1000, 50))
+    jobs = plan.inversion_jobs(paper)
+    assert len(jobs) == 9 * 3 + 19  # every model x 3 regularizers, kept SimCLR checkpoints x reg-free
+    assert ("resnet18-simclr@0050", "reg-free") in jobs
+    assert str(plan.checkpoint_path("results", "resnet18-simclr@0050")) == "results/models/resnet18-simclr/epoch-0050.pt"
+    assert plan.data_marker(paper) == "data/cifar10/cifar-10-batches-py/.verified"
+
+
+def test_hashes_change_only_with_their_own_settings(paper):
+    adv, std = plan.train_hash(paper, "resnet18", "adversarial"), plan.train_hash(paper, "resnet18", "standard")
+    scoring = plan.scoring_hash(paper)
+    paper["training"]["regime"]["adversarial"]["attack"]["eps"] = 0.5
+    assert plan.train_hash(paper, "resnet18", "adversarial") != adv
+    assert plan.train_hash(paper, "resnet18", "standard") == std
+    assert plan.scoring_hash(paper) == scoring
+    reg_free = plan.inversion_hash(paper, "reg-free")
+    paper["inversion"]["human_aligned"]["tv_weight"] = 0.1
+    assert plan.inversion_hash(paper, "reg-free") == reg_free
+    paper["inversion"]["iterations"] = 10
+    assert plan.inversion_hash(paper, "reg-free") != reg_free
