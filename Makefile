@@ -29,7 +29,7 @@ demo: setup  ## run the embedded study on this CPU, no network (about 20 minutes
 	@echo "Runs:    .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 bench: setup  ## throughput benchmarks on this machine
-	$(BIN)/python -m iri_alignment.bench
+	$(BIN)/python -m iri_alignment.bench $(BENCH_ARGS)
 
 lock:  ## re-resolve requirements.in into requirements.lock (then update environment.yml pins)
 	$(BIN)/uv pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 requirements.in -o requirements.lock

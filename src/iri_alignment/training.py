@@ -233,7 +233,7 @@ def evaluate_checkpoint(params: dict, checkpoint: str | Path, *, device, attack_
     return result
 
 
-def fit_probe(model, params: dict, cfg: dict, train_split, test_split, *, seed: int, device) -> dict:
+def fit_probe(model, cfg: dict, train_split, test_split, *, seed: int, device) -> dict:
     """Linear probe on the frozen backbone; its weights become ``model.fc``."""
     from iri_alignment import simclr
 
@@ -341,7 +341,7 @@ def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torc
 
         final = {}
         if regime in CONTRASTIVE:
-            final.update(fit_probe(model, params, cfg, train_split, test_split, seed=seed, device=device))
+            final.update(fit_probe(model, cfg, train_split, test_split, seed=seed, device=device))
         if evaluate:
             final.update(evaluate_classifier(model, test_split, progress=progress, **eval_kw))
         final["epochs"] = epochs

@@ -15,6 +15,7 @@ rule invert:
         hash=lambda wc: plan.inversion_hash(PARAMS, wc.regularizer),
         out=lambda wc, output: os.path.dirname(output[0]),
     threads: THREADS
+    priority: 10
     resources:
         gpu=1,
     conda:
