@@ -77,7 +77,7 @@ def test_the_smoke_dag_produces_tables_figures_and_a_lock(workspace):
     assert list((ws / "results" / "figures" / "grids").glob("*.png"))
     assert (ws / "results" / "figures" / "alignment_by_regularizer.png").is_file()
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"data", "train", "evaluate", "invert", "score", "report"}
+    assert set(lock["stages"]) == {"params", "data", "train", "evaluate", "invert", "score", "report"}
 
 
 def test_every_job_is_an_mlflow_run_under_its_invocation(workspace):

@@ -36,13 +36,15 @@ def runs(params):
 @pytest.mark.parametrize("regime", REGIMES)
 def test_every_regime_trains_and_evaluates(smoke, tmp_path, regime):
     metrics = train(smoke, arch="resnet18", regime=regime, out=tmp_path / regime, device=torch.device("cpu"), progress=False)
-    assert 0 <= metrics["clean_acc"] <= 1 and 0 <= metrics["robust_acc"] <= metrics["clean_acc"] + 1e-9
+    # (robust may exceed clean for a near-chance model: PGD can flip a wrong answer to a right one)
+    assert 0 <= metrics["clean_acc"] <= 1 and 0 <= metrics["robust_acc"] <= 1
     assert metrics["n"] == 100
     if regime in training.CONTRASTIVE:
         assert 0 <= metrics["probe_test_acc"] <= 1
         assert (tmp_path / regime / "epoch-0001.pt").is_file()  # keep_every: 1 in the smoke profile
     ckpt = load_checkpoint(tmp_path / regime / "model.pt")
-    assert ckpt.meta["regime"] == regime and ckpt.meta["epoch"] == 1 and ckpt.meta["metrics"]["clean_acc"] == metrics["clean_acc"]
+    epochs = training.regime_config(smoke, regime)["epochs"]
+    assert ckpt.meta["regime"] == regime and ckpt.meta["epoch"] == epochs and ckpt.meta["metrics"]["clean_acc"] == metrics["clean_acc"]
     written = json.loads((tmp_path / regime / "metrics.json").read_text())
     assert written["robust_acc"] == metrics["robust_acc"]
 
@@ -78,7 +80,9 @@ def test_resume_refuses_a_checkpoint_of_other_params(smoke, tmp_path):
     smoke["training"]["supervised"]["lr"] = 0.05
     with pytest.raises(CheckpointError, match="cannot resume.*params_hash.*--restart"):
         train(smoke, arch="resnet18", regime="standard", out=tmp_path / "m", device=torch.device("cpu"), progress=False)
-    train(smoke, arch="resnet18", regime="standard", out=tmp_path / "m", device=torch.device("cpu"), progress=False, restart=True)
+    train(smoke, arch="resnet18", regime="standard", out=tmp_path / "m", device=torch.device("cpu"), progress=False,
+          replace_stale=True)
+    assert load_checkpoint(tmp_path / "m" / "model.pt").meta["params_hash"] == training.run_hash(smoke, "shapes", "resnet18", "standard")
 
 
 def test_unknown_regime_is_named():

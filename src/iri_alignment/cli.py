@@ -102,6 +102,32 @@ def params_show(params_file: str, profile: str | None, key: str | None) -> None:
     echo_json(get(params, key) if key else params)
 
 
+@params_group.command("split")
+@params_options
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for one JSON file per section.")
+def params_split(params_file: str, profile: str | None, out: str) -> None:
+    """Write each section of the merged params to OUT/<section>.json.
+
+    DVC stages depend on these files, so a stage reruns exactly when the
+    merged settings it reads change, whichever profile they came from.
+    A file whose content is unchanged is not rewritten.
+    """
+    import json
+    from pathlib import Path
+
+    from iri_alignment.io import atomic_write
+    from iri_alignment.params import load_params
+
+    params = load_params(params_file, profile)
+    for section, value in params.items():
+        path = Path(out) / f"{section}.json"
+        text = json.dumps(value, indent=2, sort_keys=True) + "\n"
+        if not path.exists() or path.read_text() != text:
+            with atomic_write(path, "w") as fh:
+                fh.write(text)
+    click.echo(f"wrote {len(params)} sections to {out}")
+
+
 # -- data ---------------------------------------------------------------------------
 
 
@@ -181,12 +207,13 @@ def _device(params: dict, device: str | None):
 @click.option("--regime", required=True, help="standard, adversarial, simclr, ... (see the README).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for checkpoints and metrics.")
 @click.option("--restart", is_flag=True, help="Discard a resumable last.pt and train from scratch.")
+@click.option("--replace-stale", is_flag=True, help="Discard last.pt only if it was written under other settings.")
 @click.option("--evaluate/--no-evaluate", default=True, show_default=True,
               help="End with clean and robust test accuracy (the pipeline evaluates in its own stage).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @params_options
 @device_option
-def train_cmd(dataset, arch, regime, out, restart, evaluate, no_progress, params_file, profile, device) -> None:
+def train_cmd(dataset, arch, regime, out, restart, replace_stale, evaluate, no_progress, params_file, profile, device) -> None:
     """Train one model with the protocol's settings; resumes if interrupted."""
     from iri_alignment.training import REGIMES, train
 
@@ -194,7 +221,7 @@ def train_cmd(dataset, arch, regime, out, restart, evaluate, no_progress, params
         raise click.BadParameter(f"{regime!r}; choose one of {', '.join(REGIMES)}", param_hint="--regime")
     params = _study(params_file, profile, dataset)
     metrics = train(params, arch=arch, regime=regime, out=out, device=_device(params, device),
-                    progress=not no_progress, restart=restart, evaluate=evaluate)
+                    progress=not no_progress, restart=restart, evaluate=evaluate, replace_stale=replace_stale)
     echo_json(metrics)
 
 

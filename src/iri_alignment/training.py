@@ -268,7 +268,7 @@ def _build_optimisation(model, cfg, regime, steps_per_epoch):
 
 
 def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torch.device, progress: bool = True,
-          restart: bool = False, evaluate: bool = True) -> dict:
+          restart: bool = False, evaluate: bool = True, replace_stale: bool = False) -> dict:
     """Train one model of the study and evaluate it; return its final metrics.
 
     Writes into ``out``: ``last.pt`` (resumable state, every epoch),
@@ -277,6 +277,9 @@ def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torc
     interruption resumes from ``last.pt``; ``restart`` discards it.
     ``evaluate`` (default True) ends with the clean and robust test accuracy;
     the pipeline turns it off and evaluates in its own stage.
+    ``replace_stale`` (default False: refuse) discards a ``last.pt`` written
+    under other settings; the pipeline sets it, since it reruns a job exactly
+    when its settings changed.
     """
     dataset = params["data"]["dataset"]
     out = Path(out)
@@ -296,6 +299,9 @@ def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torc
     start_epoch, run_id = 1, None
     last = out / "last.pt"
     if last.exists() and restart:
+        last.unlink()
+    if last.exists() and replace_stale and load_checkpoint(last).meta["params_hash"] != rhash:
+        log.warning("%s was trained under other settings; starting again", last)
         last.unlink()
     if last.exists():
         try:

@@ -29,7 +29,7 @@ rule train:
     conda:
         ENV
     shell:
-        "iri --threads {threads} train --arch {wildcards.arch} --regime {wildcards.regime} --out {params.out} --no-evaluate"
+        "iri --threads {threads} train --arch {wildcards.arch} --regime {wildcards.regime} --out {params.out} --no-evaluate --replace-stale"
         " --no-progress {params.study} > {log} 2>&1"
 
 
