@@ -28,6 +28,7 @@ def study(repo, tmp_path, monkeypatch):
     params = load_params(repo / "params.yaml", "smoke")
     params["data"]["root"] = str(tmp_path / "data")
     params["inversion"]["iterations"] = 4
+    params["inversion"]["iterations_by_regularizer"] = {"reg-free": 3}
     params["inversion"]["batch_size"] = 6  # 10 targets: two batches
     torch.manual_seed(0)
     model = build_model("shapes", "resnet18", width=0.0625)
@@ -54,7 +55,7 @@ def test_invert_writes_a_complete_iri_set(study, tmp_path):
     assert tensors["iris"].shape == (10, 3, 32, 32) and tensors["iris"].dtype == torch.float32
     assert json.loads((out / "targets.json").read_text()) == table["target_index"].tolist()
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["regularizer"] == "reg-free" and meta["iterations"] == 4
+    assert meta["regularizer"] == "reg-free" and meta["iterations"] == 3  # the per-regularizer override
     # the PNGs are the float tensors rounded to 8 bits
     iriset = read_iriset(out)
     assert torch.allclose(iriset.iris, tensors["iris"], atol=0.5 / 255 + 1e-6)

@@ -77,8 +77,11 @@ def test_deep_merge_replaces_lists_and_leaves_inputs_alone():
         # missing section
         (lambda r: r.pop("inversion"),
          ["<top level>", "missing required key 'inversion'"]),
+        # per-regularizer steps for a regularizer that does not exist
+        (lambda r: r["inversion"].update(iterations_by_regularizer={"reg_free": 3000}),
+         ["inversion.iterations_by_regularizer.reg_free", "unknown key", "did you mean 'reg-free'"]),
     ],
-    ids=["wrong-type", "unknown-arch", "negative-eps", "misspelt-key", "missing-section"],
+    ids=["wrong-type", "unknown-arch", "negative-eps", "misspelt-key", "missing-section", "unknown-regularizer"],
 )
 def test_invalid_params_name_key_value_and_allowed(params_file, mutate, expected):
     edit(params_file, mutate)

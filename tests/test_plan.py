@@ -3,7 +3,7 @@
 import pytest
 
 from iri_alignment import plan
-from iri_alignment.params import load_params
+from iri_alignment.params import inversion_iterations, load_params
 
 
 @pytest.fixture
@@ -42,3 +42,14 @@ def test_hashes_change_only_with_their_own_settings(paper):
     assert plan.inversion_hash(paper, "reg-free") == reg_free
     paper["inversion"]["iterations"] = 10
     assert plan.inversion_hash(paper, "reg-free") != reg_free
+
+
+def test_per_regularizer_iterations_rerun_only_that_regularizer(paper):
+    before = {r: plan.inversion_hash(paper, r) for r in ("reg-free", "human-aligned", "adversarial")}
+    assert inversion_iterations(paper, "reg-free") == paper["inversion"]["iterations"] == 5000
+    paper["inversion"]["iterations_by_regularizer"] = {"reg-free": 3000}
+    assert inversion_iterations(paper, "reg-free") == 3000
+    assert inversion_iterations(paper, "human-aligned") == 5000
+    assert plan.inversion_hash(paper, "reg-free") != before["reg-free"]
+    assert plan.inversion_hash(paper, "human-aligned") == before["human-aligned"]
+    assert plan.inversion_hash(paper, "adversarial") == before["adversarial"]

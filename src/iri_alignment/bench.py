@@ -33,7 +33,7 @@ from iri_alignment import augment
 from iri_alignment.devices import resolve_device
 from iri_alignment.inversion import invert, make_seed
 from iri_alignment.models import build_model
-from iri_alignment.params import load_params
+from iri_alignment.params import inversion_iterations, load_params
 from iri_alignment.proxies import get_proxy, paired
 from iri_alignment.regularizers import make_objective
 from iri_alignment.training import augmentation_config, regime_config, supervised_batch_loss
@@ -125,6 +125,8 @@ def paper_cost(report: dict, paper: dict) -> dict:
     inv_speed = {r["arch"]: r["image_iterations_per_s"] for r in report["inversion"]}
     hours: dict[str, float] = {"train": 0.0, "evaluate": 0.0, "invert": 0.0}
     n_targets = inv["targets"]["per_class"] * 10
+    steps_all = sum(inversion_iterations(paper, r) for r in inv["regularizers"])  # per target, all regularizers
+    reg_free = inversion_iterations(paper, "reg-free")  # kept SimCLR checkpoints: reg-free only
     for arch in paper["models"]["archs"]:
         std = train_speed.get((arch, "standard"))
         if not std or arch not in inv_speed:
@@ -133,14 +135,14 @@ def paper_cost(report: dict, paper: dict) -> dict:
             steps = t["regime"][regime].get("attack", {}).get("steps", 0)
             hours["train"] += t["supervised"]["epochs"] * n_train * (steps + 1) / std / 3600
             hours["evaluate"] += n_test * (paper["evaluation"]["attack_steps"] + 1) / (3 * std) / 3600
-            hours["invert"] += len(inv["regularizers"]) * n_targets * inv["iterations"] / inv_speed[arch] / 3600
+            hours["invert"] += steps_all * n_targets / inv_speed[arch] / 3600
     c = t["contrastive"]
     for arch in c["archs"]:
         if (arch, "standard") in train_speed and arch in inv_speed:
             for _ in t["contrastive_regimes"]:
                 hours["train"] += c["epochs"] * n_train * 2 / train_speed[(arch, "standard")] / 3600
                 kept = c["epochs"] // c["keep_every"] if c.get("keep_every") else 1
-                hours["invert"] += (len(inv["regularizers"]) + kept) * n_targets * inv["iterations"] / inv_speed[arch] / 3600
+                hours["invert"] += (steps_all + kept * reg_free) * n_targets / inv_speed[arch] / 3600
     hours["total"] = sum(hours.values())
     return {k: round(v, 1) for k, v in hours.items()}
 

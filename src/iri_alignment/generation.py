@@ -22,7 +22,7 @@ from iri_alignment.data.loading import open_split
 from iri_alignment.io import atomic_write
 from iri_alignment.inversion import invert, make_seed
 from iri_alignment.irisets import write_iriset
-from iri_alignment.params import params_hash
+from iri_alignment.params import inversion_iterations, params_hash
 from iri_alignment.regularizers import make_objective
 from iri_alignment.tracking import log_artifact, log_metrics, start_run
 
@@ -81,7 +81,7 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
     """Generate and write one IRI set; return its summary (mean loss, % converged)."""
     inv = params["inversion"]
     seed_type = seed_type or inv["seed_type"]
-    iterations = iterations or inv["iterations"]
+    iterations = iterations or inversion_iterations(params, regularizer)
     out = Path(out)
     partial = out / ".partial"
     model, ckpt = load_model(checkpoint, device=device)

@@ -127,6 +127,13 @@ def params_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+def inversion_iterations(params: dict, regularizer: str) -> int:
+    """Steps for one regularizer: ``inversion.iterations_by_regularizer[regularizer]``
+    when given there, else ``inversion.iterations``."""
+    inv = params["inversion"]
+    return int(inv.get("iterations_by_regularizer", {}).get(regularizer, inv["iterations"]))
+
+
 def get(params: dict, dotted: str) -> Any:
     """``get(p, "training.supervised.epochs")``: a nested value by its key path."""
     node: Any = params

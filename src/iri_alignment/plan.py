@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from iri_alignment.data.specs import get_spec
-from iri_alignment.params import params_hash
+from iri_alignment.params import inversion_iterations, params_hash
 
 MODEL_ID = re.compile(r"^(?P<arch>[a-z0-9]+)-(?P<regime>[a-z-]+?)(?:@(?P<epoch>\d{4}))?$")
 
@@ -98,6 +98,7 @@ def inversion_hash(params: dict, regularizer: str) -> str:
     inv = params["inversion"]
     common = {k: v for k, v in inv.items() if not isinstance(v, dict) or k == "targets"}
     common.pop("regularizers", None)
+    common["iterations"] = inversion_iterations(params, regularizer)
     return params_hash({**common, "section": inv.get(regularizer.replace("-", "_")), "seed": params["study"]["seed"]})
 
 
