@@ -268,6 +268,32 @@ def test_linear_probe_separates_linearly_separable_features():
     assert res8["test_acc"] > 0.95
 
 
+class ScaledBackbone(PoolingBackbone):
+    """PoolingBackbone's features times ``scale`` plus ``shift``: what a thin, untuned backbone may give."""
+
+    def __init__(self, scale, shift):
+        super().__init__()
+        self.scale, self.shift = scale, shift
+
+    def represent(self, x, fake_relu=False):
+        return super().represent(x) * self.scale + self.shift
+
+
+def test_linear_probe_is_scale_free_and_returns_a_layer_on_raw_features():
+    x_tr, y_tr = separable_data(400, 0)
+    x_te, y_te = separable_data(200, 1)
+    kw = {"epochs": 5, "batch_size": 100, "lr": 0.5, "weight_decay": 0.0, "device": "cpu"}
+    tiny = ScaledBackbone(1e-3, 5.0)  # small, offset features: plain SGD at this lr barely moves
+    raw = simclr.linear_probe(tiny, x_tr, y_tr, x_te, y_te, generator=gen(0), standardize=False, **kw)
+    res = simclr.linear_probe(tiny, x_tr, y_tr, x_te, y_te, generator=gen(0), **kw)
+    assert raw["test_acc"] < 0.6 < 0.95 < res["test_acc"]
+    ref = simclr.linear_probe(PoolingBackbone(), x_tr, y_tr, x_te, y_te, generator=gen(0), **kw)
+    assert res["test_acc"] == pytest.approx(ref["test_acc"], abs=0.01)
+    # the returned layer acts on the raw features: it reproduces the reported accuracy
+    logits = tiny.represent(x_te) @ res["weight"].T + res["bias"]
+    assert (logits.argmax(1) == y_te).float().mean().item() == pytest.approx(res["test_acc"])
+
+
 def test_linear_probe_reports_chance_on_random_labels():
     x_tr, _ = separable_data(300, 0)
     x_te, _ = separable_data(300, 1)

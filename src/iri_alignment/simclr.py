@@ -338,6 +338,7 @@ def linear_probe(
     weight_decay: float,
     generator: torch.Generator,
     device: torch.device | str,
+    standardize: bool = True,
 ) -> dict:
     r"""Linear evaluation: a softmax classifier on the frozen backbone's representation.
 
@@ -351,6 +352,16 @@ def linear_probe(
     No augmentation. Decision: the test accuracy is that of the *last* epoch
     (no model selection on the test set).
 
+    Decision (``standardize``, default on): the layer is fitted to standardised
+    features :math:`z = (h - \mu) / \sigma`, with the training features' mean and
+    standard deviation per dimension (as MAE's BatchNorm without affine before
+    its linear probe), and then folded back, :math:`W' = W / \sigma`,
+    :math:`b' = b - W' \mu`: still one linear layer on :math:`h`, but the fit no
+    longer depends on the features' scale, which a fixed learning rate and
+    epoch count otherwise under-fit (measured on the embedded SimCLR ResNet18:
+    20 epochs gave 59.8% test accuracy raw, 64.2% standardised, 66.6% for the
+    exact optimum).
+
     Args:
         backbone_classifier: ``represent(x) -> (N, rep_dim)`` for images in
             [0, 1], already on ``device``; ``num_classes`` is read from it when
@@ -363,6 +374,7 @@ def linear_probe(
         weight_decay: SGD weight decay (protocol 0).
         generator: CPU ``torch.Generator`` for the mini-batch order.
         device: where features and the linear layer live.
+        standardize: fit on standardised features (default True; see above).
 
     Returns:
         ``{"test_acc", "train_acc"}`` as fractions (train accuracy of the final
@@ -375,6 +387,10 @@ def linear_probe(
         h_test = _features(backbone_classifier, test_images, batch_size, device)
     y_train, y_test = train_labels.to(device), test_labels.to(device)
     classes = int(getattr(backbone_classifier, "num_classes", int(y_train.max()) + 1))
+    mean = h_train.mean(0) if standardize else torch.zeros_like(h_train[0])
+    std = h_train.std(0) if standardize else torch.ones_like(h_train[0])
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant (e.g. dead) dimensions stay as they are
+    h_train, h_test = (h_train - mean) / std, (h_test - mean) / std
 
     probe = nn.Linear(h_train.shape[1], classes).to(device)
     nn.init.zeros_(probe.weight)
@@ -398,5 +414,7 @@ def linear_probe(
         train_acc = (probe(h_train).argmax(1) == y_train).float().mean().item()
         test_acc = (probe(h_test).argmax(1) == y_test).float().mean().item()
     log.info("linear probe: train acc %.4f, test acc %.4f", train_acc, test_acc)
-    return {"test_acc": test_acc, "train_acc": train_acc,
-            "weight": probe.weight.detach().cpu(), "bias": probe.bias.detach().cpu()}
+    with torch.no_grad():  # fold the standardisation into the layer: W' h + b' = W z + b
+        weight = probe.weight / std
+        bias = probe.bias - weight @ mean
+    return {"test_acc": test_acc, "train_acc": train_acc, "weight": weight.detach().cpu(), "bias": bias.detach().cpu()}
