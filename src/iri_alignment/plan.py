@@ -61,6 +61,16 @@ def inversion_jobs(params: dict) -> list[tuple[str, str]]:
     return jobs
 
 
+def inversion_priority(params: dict, regularizer: str) -> float:
+    """Snakemake priority of an inversion job: longer runs first (10 + thousands of steps).
+
+    With the longest jobs started first, the short ones fill the cores at the
+    end; in the embedded demo the 5000-step reg-free sets otherwise started
+    last and left a core idle (measured: 20.6 min).
+    """
+    return 10 + inversion_iterations(params, regularizer) / 1000
+
+
 def checkpoint_path(results: str | Path, mid: str) -> Path:
     arch, regime, epoch = parse_model_id(mid)
     folder = Path(results) / "models" / model_id(arch, regime)

@@ -15,7 +15,7 @@ rule invert:
         hash=lambda wc: plan.inversion_hash(PARAMS, wc.regularizer),
         out=lambda wc, output: os.path.dirname(output[0]),
     threads: THREADS
-    priority: 10
+    priority: lambda wc: plan.inversion_priority(PARAMS, wc.regularizer)
     resources:
         gpu=1,
     conda:
