@@ -16,4 +16,5 @@ def test_bench_reports_every_measurement(repo, tmp_path, capsys):
     assert {r["proxy"] for r in report["scoring"]} == {"l2", "ssim"}
     assert report["paper_cost_hours"]["total"] > 0
     assert json.loads((tmp_path / "b.json").read_text())["machine"]["cpu_count"] >= 1
-    assert "images/s" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| resnet18 | adversarial |" in out and "| ssim |" in out  # every measurement printed

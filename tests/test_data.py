@@ -14,6 +14,7 @@ from PIL import Image
 
 from iri_alignment.data import DatasetError, load_arrays, prepare, sources
 from iri_alignment.data.sources import check_imagenet, imagenet_folder
+from iri_alignment.data.loading import FolderSplit
 
 
 def _batch(rng, n, label_key, n_classes):
@@ -144,6 +145,11 @@ def test_imagenet_folder_is_checked_and_loads(tmp_path):
     folder = imagenet_folder(tmp_path / "imnet", "val")
     assert len(folder) == 4 and folder.classes == ["n01", "n02"]
     assert prepare("imagenet", tmp_path, imagenet_root=str(tmp_path / "imnet"))["classes"] == 2
+    # the split the pipeline reads: labels without loading images, images at 224 px
+    split = FolderSplit(str(tmp_path / "imnet"), "val", num_workers=0)
+    assert split.labels.tolist() == [0, 0, 1, 1]
+    x, y = split.get([0, 3])
+    assert x.shape == (2, 3, 224, 224) and y.tolist() == [0, 1]
 
 
 def _rm_val(root):

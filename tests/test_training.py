@@ -37,10 +37,12 @@ def runs(params):
 def test_every_regime_trains_and_evaluates(smoke, tmp_path, regime):
     metrics = train(smoke, arch="resnet18", regime=regime, out=tmp_path / regime, device=torch.device("cpu"), progress=False)
     # (robust may exceed clean for a near-chance model: PGD can flip a wrong answer to a right one)
-    assert 0 <= metrics["clean_acc"] <= 1 and 0 <= metrics["robust_acc"] <= 1
     assert metrics["n"] == 100
+    for key in ("clean_acc", "robust_acc"):  # fractions of exactly the n test images
+        assert metrics[key] * metrics["n"] == pytest.approx(round(metrics[key] * metrics["n"]))
     if regime in training.CONTRASTIVE:
-        assert 0 <= metrics["probe_test_acc"] <= 1
+        # the fitted probe became the classifier's final layer: same test accuracy
+        assert metrics["clean_acc"] == pytest.approx(metrics["probe_test_acc"])
         assert (tmp_path / regime / "epoch-0001.pt").is_file()  # keep_every: 1 in the smoke profile
     ckpt = load_checkpoint(tmp_path / regime / "model.pt")
     epochs = training.regime_config(smoke, regime)["epochs"]

@@ -71,6 +71,13 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module | dict, meta: dict,
     return path
 
 
+def check_expected(meta: dict, path: str | Path, expect: dict | None) -> None:
+    """Raise :class:`CheckpointError` unless ``meta`` has every ``expect`` value."""
+    for key, want in (expect or {}).items():
+        if meta.get(key) != want:
+            raise CheckpointError(f"{path} does not match: its {key} is {meta.get(key)!r} but {want!r} was asked for")
+
+
 def load_checkpoint(path: str | Path, *, expect: dict | None = None, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read and check a checkpoint (safely: ``weights_only=True``).
 
@@ -114,9 +121,7 @@ def load_checkpoint(path: str | Path, *, expect: dict | None = None, map_locatio
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise CheckpointError(f"{path} is malformed: its metadata lacks {missing}")
-    for key, want in (expect or {}).items():
-        if meta.get(key) != want:
-            raise CheckpointError(f"{path} does not match: its {key} is {meta.get(key)!r} but {want!r} was asked for")
+    check_expected(meta, path, expect)
     return Checkpoint(meta=meta, model=payload["model"], state=payload.get("state") or {}, path=path)
 
 

@@ -22,7 +22,7 @@ from iri_alignment.data.loading import open_split
 from iri_alignment.io import atomic_write
 from iri_alignment.inversion import invert, make_seed
 from iri_alignment.irisets import write_iriset
-from iri_alignment.params import inversion_iterations, params_hash
+from iri_alignment.params import inversion_iterations, params_hash, regularizer_section
 from iri_alignment.regularizers import make_objective
 from iri_alignment.tracking import log_artifact, log_metrics, start_run
 
@@ -56,7 +56,7 @@ def load_targets(params: dict, *, device, indices=None) -> tuple[torch.Tensor, t
 
     cfg = params["inversion"]["targets"]
     split = open_split(params, "train" if cfg["faithful"] else cfg["split"])
-    labels = split.labels.numpy() if hasattr(split, "labels") else np.array([y for _, y in split.dataset.samples])
+    labels = split.labels.numpy()
     if indices is None:
         indices = select_targets(labels, cfg["per_class"], params["study"]["seed"])
     x, y = split.get(indices, device)
@@ -65,15 +65,13 @@ def load_targets(params: dict, *, device, indices=None) -> tuple[torch.Tensor, t
     return x, y, np.asarray(indices)
 
 
-def objective_for(params: dict, regularizer: str, *, device, generator: torch.Generator):
-    """The regularizer's objective, with its proxy built for the adversarial one."""
-    section = params["inversion"].get(regularizer.replace("-", "_"))
-    proxy = None
-    if regularizer == "adversarial":
-        from iri_alignment.proxies import get_proxy
+def proxy_for(params: dict, regularizer: str, *, device):
+    """The proxy the adversarial regularizer pushes away from (None for the others)."""
+    if regularizer != "adversarial":
+        return None
+    from iri_alignment.proxies import get_proxy
 
-        proxy = get_proxy(section["proxy"], device=device)
-    return make_objective(regularizer, section, proxy=proxy, generator=generator)
+    return get_proxy(regularizer_section(params, regularizer)["proxy"], device=device)
 
 
 def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str | Path, device, seed_type: str | None = None,
@@ -89,7 +87,7 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
     targets, labels, indices = load_targets(params, device=device, indices=target_indices)
     seed_image = make_seed(seed_type, targets.shape[1:], params["study"]["seed"], device=device)
     settings = {"regularizer": regularizer, "seed_type": seed_type, "iterations": iterations, "step_size": inv["step_size"],
-                "fake_relu": inv["fake_relu"], "section": inv.get(regularizer.replace("-", "_")),
+                "fake_relu": inv["fake_relu"], "section": regularizer_section(params, regularizer),
                 "targets": [int(i) for i in indices], "checkpoint_hash": ckpt.meta["params_hash"]}
     job_hash = params_hash(settings)
 
@@ -99,6 +97,7 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
                    log_params={k: v for k, v in settings.items() if k != "targets"}):
         results = []
         bs = inv["batch_size"]
+        proxy = proxy_for(params, regularizer, device=device)  # built once, shared by the batches
         for b, start in enumerate(range(0, len(indices), bs)):
             done = partial / f"batch-{b:03d}.pt"
             running = partial / f"batch-{b:03d}.running.pt"
@@ -110,7 +109,7 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
                 if resume is not None and resume.get("hash") != job_hash:
                     resume = None
                 gen = torch.Generator().manual_seed(params["study"]["seed"] + b)
-                objective = objective_for(params, regularizer, device=device, generator=gen)
+                objective = make_objective(regularizer, settings["section"], proxy=proxy, generator=gen)
 
                 def snapshot(state, path=running):
                     with atomic_write(path) as fh:

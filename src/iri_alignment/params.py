@@ -127,6 +127,11 @@ def params_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+def regularizer_section(params: dict, regularizer: str) -> dict | None:
+    """A regularizer's own settings, ``inversion.<name with _>`` (None for reg-free)."""
+    return params["inversion"].get(regularizer.replace("-", "_"))
+
+
 def inversion_iterations(params: dict, regularizer: str) -> int:
     """Steps for one regularizer: ``inversion.iterations_by_regularizer[regularizer]``
     when given there, else ``inversion.iterations``."""

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from iri_alignment import attacks, augment
-from iri_alignment.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from iri_alignment.checkpoints import CheckpointError, check_expected, load_checkpoint, save_checkpoint
 from iri_alignment.data.loading import open_split
 from iri_alignment.io import write_json
 from iri_alignment.models import build_model
@@ -112,9 +112,8 @@ def supervised_batch_loss(model, x, y, cfg: dict, regime: str, gen: torch.Genera
             return loss, model(x)
     # adversarial training: the attack runs in eval mode (BN statistics are not
     # polluted by adversaries), the update in train mode
-    model.eval()
-    x_adv = attacks.pgd_l2(model, x, y, random_start=attack.get("random_start", False), **kw)
-    model.train()
+    with attacks.eval_mode(model):
+        x_adv = attacks.pgd_l2(model, x, y, random_start=attack.get("random_start", False), **kw)
     logits = model(x_adv)
     return F.cross_entropy(logits, y), logits
 
@@ -300,14 +299,19 @@ def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torc
     last = out / "last.pt"
     if last.exists() and restart:
         last.unlink()
-    if last.exists() and replace_stale and load_checkpoint(last).meta["params_hash"] != rhash:
-        log.warning("%s was trained under other settings; starting again", last)
-        last.unlink()
-    if last.exists():
+    ckpt = None
+    if last.exists():  # read once: to replace it if stale, else to resume from it
         try:
-            ckpt = load_checkpoint(last, expect={"params_hash": rhash, "arch": arch, "regime": regime})
+            ckpt = load_checkpoint(last)
+            if replace_stale and ckpt.meta["params_hash"] != rhash:
+                log.warning("%s was trained under other settings; starting again", last)
+                last.unlink()
+                ckpt = None
+            else:
+                check_expected(ckpt.meta, last, {"params_hash": rhash, "arch": arch, "regime": regime})
         except CheckpointError as err:
             raise CheckpointError(f"cannot resume: {err}. Rerun with --restart to train from scratch.") from None
+    if ckpt is not None:
         trainable.load_state_dict(ckpt.state["trainable"])
         optimizer.load_state_dict(ckpt.state["optimizer"])
         scheduler.load_state_dict(ckpt.state["scheduler"])

@@ -62,6 +62,11 @@ class FolderSplit:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """Every image's label, int64 (N,), without loading an image."""
+        return torch.tensor(self.dataset.targets, dtype=torch.long)
+
     def get(self, indices, device="cpu"):
         items = [self.dataset[int(i)] for i in indices]
         return torch.stack([x for x, _ in items]).to(device), torch.tensor([y for _, y in items], device=device)
