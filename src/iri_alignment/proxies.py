@@ -44,7 +44,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-import lpips
 import torch
 import torch.nn.functional as F
 # _ssim (per-channel SSIM and contrast-structure terms) and _fspecial_gauss_1d are
@@ -53,7 +52,6 @@ import torch.nn.functional as F
 # the library's public ms_ssim.
 from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim, ssim
 from torch import nn
-from torchvision.models import AlexNet_Weights, VGG16_Weights
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +66,11 @@ _LPIPS_VARIANTS = {
     "lpips-alex-base": ("alex", False),
     "lpips-vgg-base": ("vgg", False),
 }
-# lpips trunk -> the torchvision ImageNet weights that lpips' own pretrained trunk loads
-_TRUNK_WEIGHTS = {"alex": AlexNet_Weights.IMAGENET1K_V1, "vgg": VGG16_Weights.IMAGENET1K_V1}
+# lpips trunk -> the torchvision ImageNet weights (a ``torchvision.models`` enum member)
+# that lpips' own pretrained trunk loads. lpips and torchvision are imported only
+# where an LPIPS proxy needs them: importing them costs every job ~2 s (torchvision
+# pulls in torch._dynamo), and the offline proxies use neither.
+_TRUNK_WEIGHTS = {"alex": ("AlexNet_Weights", "IMAGENET1K_V1"), "vgg": ("VGG16_Weights", "IMAGENET1K_V1")}
 
 # Wang, Simoncelli & Bovik (2003), the weights of MS-SSIM's five scales, finest first.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -161,6 +162,8 @@ class LPIPSProxy(Proxy):
         # lpips always builds the trunk through torchvision's deprecated
         # `pretrained=` argument (pnet_rand=True -> random init, no download);
         # fork_rng keeps that random init reproducible and the caller's RNG untouched.
+        import lpips
+
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             torch.manual_seed(RANDOM_TRUNK_SEED)
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\.models\._utils")
@@ -174,6 +177,8 @@ class LPIPSProxy(Proxy):
 
     def _load_linear_layers(self, trunk: str) -> None:
         """Load ``lpips/weights/v0.1/<trunk>.pth`` into lin0..lin4, checking every layer got its weights."""
+        import lpips
+
         path = Path(lpips.__file__).resolve().parent / "weights" / "v0.1" / f"{trunk}.pth"
         state = torch.load(path, map_location="cpu", weights_only=True)
         linear = {k: v for k, v in self.lpips.state_dict().items() if k.startswith("lin") and not k.startswith("lins.")}
@@ -359,7 +364,10 @@ def trunk_weights_location(trunk: str) -> tuple[str, str, Path]:
     The folder is the torch hub cache, ``torch.hub.get_dir()/checkpoints``
     (``$TORCH_HOME/hub/checkpoints``), where torchvision itself keeps them.
     """
-    url = _TRUNK_WEIGHTS[trunk].url
+    import torchvision.models
+
+    enum, member = _TRUNK_WEIGHTS[trunk]
+    url = getattr(getattr(torchvision.models, enum), member).url
     return url, os.path.basename(urlparse(url).path), Path(torch.hub.get_dir()) / "checkpoints"
 
 

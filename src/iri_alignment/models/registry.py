@@ -9,7 +9,6 @@ import torch
 from ..data.specs import DatasetSpec, get_spec
 from .base import ImageClassifier, load_weights_file
 from .cifar import CIFAR_BACKBONES
-from .imagenet import build_imagenet_backbone, load_pretrained
 
 ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "cifar": ("resnet18", "vgg16", "densenet121", "inceptionv3"),
@@ -33,6 +32,8 @@ def _construct(spec: DatasetSpec, arch: str, width: float) -> ImageClassifier:
     if spec.family == "cifar":
         backbone = CIFAR_BACKBONES[arch](num_classes=spec.num_classes, width=width)
     else:
+        from .imagenet import build_imagenet_backbone  # torchvision: imported only for ImageNet models (~2 s)
+
         backbone = build_imagenet_backbone(arch, spec.num_classes)
     return ImageClassifier(backbone, spec.mean, spec.std, arch=arch, dataset=spec.name, width=width)
 
@@ -74,6 +75,8 @@ def build_model(
         raise ValueError("give either pretrained=True or weights_path, not both")
     model = _construct(spec, arch, width)
     if pretrained:
+        from .imagenet import load_pretrained
+
         load_pretrained(model, arch)
     elif weights_path is not None:
         load_weights_file(model, weights_path)
