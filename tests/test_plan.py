@@ -57,3 +57,13 @@ def test_per_regularizer_iterations_rerun_only_that_regularizer(paper):
     assert plan.inversion_priority(paper, "reg-free") < plan.inversion_priority(paper, "human-aligned")
     paper["inversion"]["iterations_by_regularizer"] = {"reg-free": 8000}
     assert plan.inversion_priority(paper, "reg-free") > plan.inversion_priority(paper, "human-aligned")
+
+
+def test_training_priority_starts_the_costliest_runs_first(paper):
+    # paper: AT has 7 attack steps, SimCLR 1000 epochs of two views
+    standard = plan.training_priority(paper, "standard")
+    assert plan.training_priority(paper, "adversarial") > standard > plan.inversion_priority(paper, "reg-free")
+    assert plan.training_priority(paper, "simclr") > plan.training_priority(paper, "adversarial")
+    assert plan.training_priority(paper, "simclr-adv") > plan.training_priority(paper, "simclr")
+    paper["training"]["regime"]["adversarial"]["attack"]["steps"] = 0
+    assert plan.training_priority(paper, "adversarial") == standard

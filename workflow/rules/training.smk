@@ -23,7 +23,7 @@ rule train:
         hash=lambda wc: plan.train_hash(PARAMS, wc.arch, wc.regime),
         out=lambda wc, output: os.path.dirname(output.model),
     threads: THREADS
-    priority: 50  # training is the long pole: start it before anything downstream
+    priority: lambda wc: plan.training_priority(PARAMS, wc.regime)  # before anything downstream, longest first
     resources:
         gpu=1,
     conda:
