@@ -13,6 +13,7 @@ import torch
 from iri_alignment import generation
 from iri_alignment.alignment import export_human, score
 from iri_alignment.checkpoints import save_checkpoint
+from iri_alignment.inversion import make_seed
 from iri_alignment.irisets import read_iriset
 from iri_alignment.models import build_model
 from iri_alignment.params import load_params
@@ -150,3 +151,47 @@ def test_export_human_uses_the_scored_triplets(study, tmp_path):
         assert "images/seed.png" in trial["choices"]
         for path in (trial["query"], *trial["choices"]):
             assert (tmp_path / "human" / path).is_file()
+
+
+def test_restarts_start_only_unconverged_iris_again_and_score_them_against_their_own_seed(study, tmp_path):
+    params, ckpt = study
+    generation.generate(params, checkpoint=ckpt, regularizer="reg-free", out=tmp_path / "once", device=CPU, progress=False)
+    once = pd.read_csv(tmp_path / "once" / "results.csv")
+    assert (once["seed"] == 0).all()
+    # with the threshold at the median, half the IRIs count as converged
+    params["inversion"]["converged_below"] = float(once["rep_loss"].median())
+    params["inversion"]["restarts"] = {"reg-free": 1}
+    summary = generation.generate(params, checkpoint=ckpt, regularizer="reg-free", out=tmp_path / "again", device=CPU,
+                                  progress=False)
+    again = pd.read_csv(tmp_path / "again" / "results.csv")
+    restarted = (again["seed"] == 1).to_numpy()
+    stuck = (once["rep_loss"] > params["inversion"]["converged_below"]).to_numpy()
+    assert summary["restarted"] == restarted.sum() > 0
+    assert not (restarted & ~stuck).any()  # converged IRIs keep the shared seed's result
+    assert np.allclose(again["rep_loss"][~restarted], once["rep_loss"][~restarted])
+    assert (again["rep_loss"][restarted] < once["rep_loss"][restarted]).all()  # the lower-loss attempt is kept
+    assert json.loads((tmp_path / "again" / "meta.json").read_text())["restarts"] == 1
+
+    iriset = read_iriset(tmp_path / "again")
+    shared, new = (make_seed("noise", (3, 32, 32), params["study"]["seed"] + k)[0] for k in (0, 1))
+    q = 0.5 / 255 + 1e-6
+    assert all(torch.allclose(iriset.seed[k], new if restarted[k] else shared, atol=q) for k in range(len(again)))
+    score(params, iris=tmp_path / "again", proxies=["l2"], out=tmp_path / "scores.csv", device=CPU)
+    scored = pd.read_csv(tmp_path / "scores.csv")
+    assert (scored["seed"].to_numpy() == again["seed"].to_numpy()).all()
+    assert np.allclose(scored["d_seed"], paired(get_proxy("l2"), iriset.iris, iriset.seed).numpy(), atol=1e-6)
+
+    export_human(params, iris=tmp_path / "again", out=tmp_path / "human")
+    manifest = json.loads((tmp_path / "human" / "manifest.json").read_text())
+    for trial in manifest["2afc"]:
+        own = "images/seed-1.png" if restarted[trial["trial"]] else "images/seed.png"
+        assert own in trial["choices"] and (tmp_path / "human" / own).is_file()
+
+
+def test_restarts_are_skipped_for_a_seed_that_is_always_the_same(study, tmp_path):
+    params, ckpt = study
+    params["inversion"]["restarts"] = {"reg-free": 2}
+    params["inversion"]["converged_below"] = 1e-9
+    summary = generation.generate(params, checkpoint=ckpt, regularizer="reg-free", out=tmp_path / "iris", device=CPU,
+                                  seed_type="white", progress=False)
+    assert summary["restarted"] == 0 and not (tmp_path / "iris" / "seed-1.png").exists()

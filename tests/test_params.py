@@ -80,8 +80,12 @@ def test_deep_merge_replaces_lists_and_leaves_inputs_alone():
         # per-regularizer steps for a regularizer that does not exist
         (lambda r: r["inversion"].update(iterations_by_regularizer={"reg_free": 3000}),
          ["inversion.iterations_by_regularizer.reg_free", "unknown key", "did you mean 'reg-free'"]),
+        # a negative number of restarts
+        (lambda r: r["inversion"].update(restarts={"reg-free": -1}),
+         ["inversion.restarts.reg-free", "-1", "must be >= 0"]),
     ],
-    ids=["wrong-type", "unknown-arch", "negative-eps", "misspelt-key", "missing-section", "unknown-regularizer"],
+    ids=["wrong-type", "unknown-arch", "negative-eps", "misspelt-key", "missing-section", "unknown-regularizer",
+         "negative-restarts"],
 )
 def test_invalid_params_name_key_value_and_allowed(params_file, mutate, expected):
     edit(params_file, mutate)

@@ -53,6 +53,10 @@ def test_per_regularizer_iterations_rerun_only_that_regularizer(paper):
     assert plan.inversion_hash(paper, "reg-free") != before["reg-free"]
     assert plan.inversion_hash(paper, "human-aligned") == before["human-aligned"]
     assert plan.inversion_hash(paper, "adversarial") == before["adversarial"]
+    paper["inversion"]["restarts"] = {"reg-free": 2}
+    assert plan.inversion_hash(paper, "reg-free") != plan.inversion_hash({**paper, "inversion": {
+        **paper["inversion"], "restarts": {}}}, "reg-free")
+    assert plan.inversion_hash(paper, "human-aligned") == before["human-aligned"]
     # longer inversions are scheduled first
     assert plan.inversion_priority(paper, "reg-free") < plan.inversion_priority(paper, "human-aligned")
     paper["inversion"]["iterations_by_regularizer"] = {"reg-free": 8000}

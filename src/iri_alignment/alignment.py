@@ -26,7 +26,7 @@ import pandas as pd
 
 from iri_alignment import scoring
 from iri_alignment.io import atomic_write, write_json
-from iri_alignment.irisets import read_iriset
+from iri_alignment.irisets import read_iriset, seed_ids, seed_png
 from iri_alignment.proxies import get_proxy, paired, pairwise
 from iri_alignment.tracking import log_metrics, start_run
 
@@ -57,7 +57,7 @@ def score_iriset(iriset, proxies, *, ties: str, clustering_seed: int, bootstrap:
         frames.append(pd.DataFrame({
             "proxy": name, "index": iriset.table["index"], "target_index": iriset.table["target_index"], "label": labels,
             "rep_loss": iriset.table["rep_loss"], "converged": iriset.table["converged"],
-            "d_target": d_target, "d_seed": d_seed, "2afc": outcome["2afc"],
+            "seed": seed_ids(iriset.table), "d_target": d_target, "d_seed": d_seed, "2afc": outcome["2afc"],
             **{f"candidate_{j}": triplets[:, j] for j in range(triplets.shape[1])},
             **{f"d_candidate_{j}": d_cand[:, j] for j in range(triplets.shape[1])},
             "clustering": outcome["clustering"], "optimised_against": name == against,
@@ -107,7 +107,7 @@ def score(params: dict, *, iris: str | Path, proxies, out: str | Path, device) -
 def export_human(params: dict, *, iris: str | Path, out: str | Path) -> dict:
     """Write the trials a human study would show: images and ``manifest.json``.
 
-    2AFC trials show the IRI as the query and its target and the seed as the
+    2AFC trials show the IRI as the query and its target and its seed as the
     two choices (order seeded); clustering trials show the IRI and the same
     three candidates the proxies scored. ``answer`` is the aligned choice.
     """
@@ -118,14 +118,16 @@ def export_human(params: dict, *, iris: str | Path, out: str | Path) -> dict:
     rng = np.random.default_rng(seed)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(iriset.folder / "seed.png", images / "seed.png")
+    ids = seed_ids(iriset.table)
+    for k in np.unique(ids):
+        shutil.copyfile(iriset.folder / seed_png(k), images / seed_png(k))
     name = lambda kind, k: f"images/{kind}-{k:04d}.png"  # noqa: E731
     for k in range(len(iriset.labels)):
         shutil.copyfile(iriset.folder / "iris" / f"{k:04d}.png", out / name("iri", k))
         shutil.copyfile(iriset.folder / "targets" / f"{k:04d}.png", out / name("target", k))
     afc = []
     for k in range(len(iriset.labels)):
-        choices = [name("target", k), "images/seed.png"]
+        choices = [name("target", k), f"images/{seed_png(ids[k])}"]
         order = rng.permutation(2)
         afc.append({"trial": k, "query": name("iri", k), "choices": [choices[i] for i in order],
                     "answer": int(np.flatnonzero(order == 0)[0])})

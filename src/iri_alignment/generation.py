@@ -1,7 +1,8 @@
 """The ``iri invert`` job: one IRI set per (checkpoint, regularizer).
 
 Chooses the targets (protocol 5: 10 test images per class, seeded), draws the
-shared seed image, builds the regularizer's objective from params, inverts
+shared seed image (and, with ``inversion.restarts``, a new seed for each restart
+of the IRIs that did not converge), builds the regularizer's objective from params, inverts
 the targets batch by batch and writes the folder described in
 :mod:`iri_alignment.irisets`. Interrupted, it resumes: every finished batch
 and, every ``checkpoint_every`` steps, the running batch are saved under
@@ -22,7 +23,7 @@ from iri_alignment.data.loading import open_split
 from iri_alignment.io import atomic_write
 from iri_alignment.inversion import invert, make_seed
 from iri_alignment.irisets import write_iriset
-from iri_alignment.params import inversion_iterations, params_hash, regularizer_section
+from iri_alignment.params import inversion_iterations, inversion_restarts, params_hash, regularizer_section
 from iri_alignment.regularizers import make_objective
 from iri_alignment.tracking import log_artifact, log_metrics, start_run
 
@@ -74,20 +75,70 @@ def proxy_for(params: dict, regularizer: str, *, device):
     return get_proxy(regularizer_section(params, regularizer)["proxy"], device=device)
 
 
+def _invert_batches(model, targets: torch.Tensor, seed_image: torch.Tensor, *, objective_for, inv: dict, iterations: int,
+                    partial: Path, prefix: str, job_hash: str, gen_seed: int, progress: bool) -> dict:
+    """Invert ``targets`` batch by batch from ``seed_image``, resumably: each finished
+    batch is ``<partial>/<prefix>batch-NNN.pt``, the running one is snapshotted
+    every :data:`CHECKPOINT_EVERY` steps. Returns the concatenated images, rep
+    losses and best iterations (CPU)."""
+    results = []
+    bs = inv["batch_size"]
+    for b, start in enumerate(range(0, len(targets), bs)):
+        done = partial / f"{prefix}batch-{b:03d}.pt"
+        running = partial / f"{prefix}batch-{b:03d}.running.pt"
+        saved = torch.load(done, weights_only=True) if done.exists() else None
+        if saved is not None and saved["hash"] != job_hash:
+            saved = None
+        if saved is None:
+            resume = torch.load(running, weights_only=True) if running.exists() else None
+            if resume is not None and resume.get("hash") != job_hash:
+                resume = None
+            gen = torch.Generator().manual_seed(gen_seed + b)
+
+            def snapshot(state, path=running):
+                with atomic_write(path) as fh:
+                    torch.save({**state, "hash": job_hash}, fh)
+
+            res = invert(model, targets[start:start + bs], seed_image, objective_for(gen), iterations=iterations,
+                         step_size=inv["step_size"], fake_relu=inv["fake_relu"], generator=gen,
+                         state={k: v for k, v in resume.items() if k != "hash"} if resume else None,
+                         checkpoint_every=CHECKPOINT_EVERY, on_checkpoint=snapshot, progress=progress)
+            saved = {"hash": job_hash, "images": res.images.cpu(), "rep_loss": res.rep_loss.cpu(),
+                     "best_iteration": res.best_iteration.cpu()}
+            with atomic_write(done) as fh:
+                torch.save(saved, fh)
+            running.unlink(missing_ok=True)
+        results.append(saved)
+    return {key: torch.cat([r[key] for r in results]) for key in ("images", "rep_loss", "best_iteration")}
+
+
 def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str | Path, device, seed_type: str | None = None,
              iterations: int | None = None, target_indices=None, progress: bool = True) -> dict:
-    """Generate and write one IRI set; return its summary (mean loss, % converged)."""
+    """Generate and write one IRI set; return its summary (mean loss, % converged, IRIs restarted).
+
+    Every target starts from the shared seed (seed 0, drawn with ``study.seed``).
+    With ``inversion.restarts[regularizer] = R`` (default 0, the protocol), an
+    IRI whose best rep loss is still above ``converged_below`` is inverted again
+    from seed k (drawn with ``study.seed + k``), k = 1..R, and keeps its
+    lowest-loss attempt; the table's ``seed`` column says which seed each IRI
+    came from, and scoring compares every IRI with its own seed.
+    """
     inv = params["inversion"]
     seed_type = seed_type or inv["seed_type"]
     iterations = iterations or inversion_iterations(params, regularizer)
+    restarts = inversion_restarts(params, regularizer)
+    if restarts and seed_type in ("white", "black"):
+        log.warning("inversion.restarts ignored: a %s seed is the same image every time", seed_type)
+        restarts = 0
     out = Path(out)
     partial = out / ".partial"
     model, ckpt = load_model(checkpoint, device=device)
     params = {**params, "data": {**params["data"], "dataset": ckpt.meta["dataset"]}}
     targets, labels, indices = load_targets(params, device=device, indices=target_indices)
-    seed_image = make_seed(seed_type, targets.shape[1:], params["study"]["seed"], device=device)
+    study_seed = params["study"]["seed"]
+    seeds = [make_seed(seed_type, targets.shape[1:], study_seed, device=device)]
     settings = {"regularizer": regularizer, "seed_type": seed_type, "iterations": iterations, "step_size": inv["step_size"],
-                "fake_relu": inv["fake_relu"], "section": regularizer_section(params, regularizer),
+                "fake_relu": inv["fake_relu"], "restarts": restarts, "section": regularizer_section(params, regularizer),
                 "targets": [int(i) for i in indices], "checkpoint_hash": ckpt.meta["params_hash"]}
     job_hash = params_hash(settings)
 
@@ -95,49 +146,37 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
             "regularizer": regularizer, "params_hash": job_hash, "checkpoint": str(checkpoint)}
     with start_run(params, stage="invert", name=f"{ckpt.meta['arch']}-{ckpt.meta['regime']}-{regularizer}", tags=tags,
                    log_params={k: v for k, v in settings.items() if k != "targets"}):
-        results = []
-        bs = inv["batch_size"]
         proxy = proxy_for(params, regularizer, device=device)  # built once, shared by the batches
-        for b, start in enumerate(range(0, len(indices), bs)):
-            done = partial / f"batch-{b:03d}.pt"
-            running = partial / f"batch-{b:03d}.running.pt"
-            saved = torch.load(done, weights_only=True) if done.exists() else None
-            if saved is not None and saved["hash"] != job_hash:
-                saved = None
-            if saved is None:
-                resume = torch.load(running, weights_only=True) if running.exists() else None
-                if resume is not None and resume.get("hash") != job_hash:
-                    resume = None
-                gen = torch.Generator().manual_seed(params["study"]["seed"] + b)
-                objective = make_objective(regularizer, settings["section"], proxy=proxy, generator=gen)
+        run = dict(objective_for=lambda gen: make_objective(regularizer, settings["section"], proxy=proxy, generator=gen),
+                   inv=inv, iterations=iterations, partial=partial, job_hash=job_hash, progress=progress)
+        best = _invert_batches(model, targets, seeds[0], prefix="", gen_seed=study_seed, **run)
+        seed_of = torch.zeros(len(indices), dtype=torch.long)
+        for k in range(1, restarts + 1):
+            todo = torch.nonzero(best["rep_loss"] > inv["converged_below"]).flatten()
+            if len(todo) == 0:
+                break
+            log.info("restart %d of %d: %d IRIs above rep loss %g start again from seed %d", k, restarts, len(todo),
+                     inv["converged_below"], k)
+            seeds.append(make_seed(seed_type, targets.shape[1:], study_seed + k, device=device))
+            again = _invert_batches(model, targets[todo.to(targets.device)], seeds[k], prefix=f"restart-{k}-",
+                                    gen_seed=study_seed + 1000 * k, **run)
+            better = again["rep_loss"] < best["rep_loss"][todo]
+            for key in best:
+                best[key][todo[better]] = again[key][better]
+            seed_of[todo[better]] = k
 
-                def snapshot(state, path=running):
-                    with atomic_write(path) as fh:
-                        torch.save({**state, "hash": job_hash}, fh)
-
-                res = invert(model, targets[start:start + bs], seed_image, objective, iterations=iterations,
-                             step_size=inv["step_size"], fake_relu=inv["fake_relu"], generator=gen,
-                             state={k: v for k, v in resume.items() if k != "hash"} if resume else None,
-                             checkpoint_every=CHECKPOINT_EVERY, on_checkpoint=snapshot, progress=progress)
-                saved = {"hash": job_hash, "images": res.images.cpu(), "rep_loss": res.rep_loss.cpu(),
-                         "best_iteration": res.best_iteration.cpu()}
-                with atomic_write(done) as fh:
-                    torch.save(saved, fh)
-                running.unlink(missing_ok=True)
-            results.append(saved)
-
-        iris = torch.cat([r["images"] for r in results])
-        rep_loss = torch.cat([r["rep_loss"] for r in results]).numpy()
+        rep_loss = best["rep_loss"].numpy()
         table = pd.DataFrame({
             "index": np.arange(len(indices)), "target_index": indices, "label": labels.cpu().numpy(),
             "rep_loss": rep_loss, "converged": rep_loss <= inv["converged_below"],
-            "best_iteration": torch.cat([r["best_iteration"] for r in results]).numpy(),
+            "best_iteration": best["best_iteration"].numpy(), "seed": seed_of.numpy(),
         })
         summary = {"mean_rep_loss": float(rep_loss.mean()), "median_rep_loss": float(np.median(rep_loss)),
-                   "pct_converged": float(100 * table["converged"].mean()), "n": len(table)}
+                   "pct_converged": float(100 * table["converged"].mean()), "n": len(table),
+                   "restarted": int((seed_of > 0).sum())}
         meta = {"checkpoint": str(checkpoint), "model": ckpt.meta, **settings, "summary": summary, "hash": job_hash,
                 "profile": params["profile"]}
-        write_iriset(out, seed=seed_image.cpu(), targets=targets.cpu(), iris=iris, table=table,
+        write_iriset(out, seeds=torch.cat(seeds).cpu(), targets=targets.cpu(), iris=best["images"], table=table,
                      target_indices=indices, meta=meta)
         log_metrics(summary)
         log_artifact(out / "grid.png")

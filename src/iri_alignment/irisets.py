@@ -3,10 +3,11 @@
 One folder per (model, regularizer)::
 
     seed.png                the shared starting image x0 (8-bit)
+    seed-1.png ...          restart seeds, only with inversion.restarts (results.csv: seed)
     targets/0000.png ...    target images x (8-bit)
     iris/0000.png ...       IRIs x' (8-bit), one per target, same order
-    tensors.pt              float tensors: seed, targets, iris (exact values)
-    results.csv             per IRI: target_index, label, rep_loss, converged, best_iteration
+    tensors.pt              float tensors: seed (every seed drawn), targets, iris (exact values)
+    results.csv             per IRI: target_index, label, rep_loss, converged, best_iteration, seed
     targets.json            the dataset indices of the targets
     grid.png                targets (top rows) above their IRIs, for a person to look at
     meta.json               checkpoint, model, regularizer, settings, summary
@@ -68,12 +69,22 @@ def grid_image(targets: torch.Tensor, iris: torch.Tensor, seed: torch.Tensor | N
     return grid.repeat(scale, 0).repeat(scale, 1)
 
 
+def seed_png(k: int) -> str:
+    """File name of seed ``k``: ``seed.png`` for the shared seed, ``seed-<k>.png`` for restart k."""
+    return "seed.png" if k == 0 else f"seed-{k}.png"
+
+
+def seed_ids(table: pd.DataFrame) -> np.ndarray:
+    """Which seed each IRI started from (0 for every IRI of a set written without restarts)."""
+    return table["seed"].to_numpy(dtype=np.int64) if "seed" in table else np.zeros(len(table), np.int64)
+
+
 @dataclass
 class IRISet:
     """An IRI set read back from disk (images from the 8-bit PNGs)."""
 
     folder: Path
-    seed: torch.Tensor  # (1, 3, H, W)
+    seed: torch.Tensor  # (N, 3, H, W): each IRI's own starting image
     targets: torch.Tensor  # (N, 3, H, W)
     iris: torch.Tensor  # (N, 3, H, W)
     table: pd.DataFrame
@@ -84,18 +95,20 @@ class IRISet:
         return self.table["label"].to_numpy()
 
 
-def write_iriset(folder: Path, *, seed: torch.Tensor, targets: torch.Tensor, iris: torch.Tensor, table: pd.DataFrame,
+def write_iriset(folder: Path, *, seeds: torch.Tensor, targets: torch.Tensor, iris: torch.Tensor, table: pd.DataFrame,
                  target_indices, meta: dict) -> None:
     """Write every file of an IRI set (each one atomically; meta.json last,
-    so a folder with meta.json is complete)."""
+    so a folder with meta.json is complete). ``seeds`` is (K, 3, H, W): the
+    shared seed first, then any restart seeds, which ``table["seed"]`` indexes."""
     folder = Path(folder)
     for name, batch in (("targets", targets), ("iris", iris)):
         for k, im in enumerate(to_uint8(batch)):
             save_png(folder / name / f"{k:04d}.png", im)
-    save_png(folder / "seed.png", to_uint8(seed)[0])
-    save_png(folder / "grid.png", grid_image(targets, iris, seed))
+    for k, im in enumerate(to_uint8(seeds)):
+        save_png(folder / seed_png(k), im)
+    save_png(folder / "grid.png", grid_image(targets, iris, seeds[:1]))
     with atomic_write(folder / "tensors.pt") as fh:
-        torch.save({"seed": seed.cpu(), "targets": targets.cpu(), "iris": iris.cpu()}, fh)
+        torch.save({"seed": seeds.cpu(), "targets": targets.cpu(), "iris": iris.cpu()}, fh)
     with atomic_write(folder / "results.csv", "w") as fh:
         table.to_csv(fh, index=False)
     write_json(folder / "targets.json", [int(i) for i in target_indices])
@@ -110,5 +123,7 @@ def read_iriset(folder: str | Path) -> IRISet:
     table = pd.read_csv(folder / "results.csv")
     n = len(table)
     load = lambda sub: from_uint8(np.stack([load_png(folder / sub / f"{k:04d}.png") for k in range(n)]))  # noqa: E731
-    seed = from_uint8(load_png(folder / "seed.png")[None])
+    ids = seed_ids(table)
+    seeds = {k: from_uint8(load_png(folder / seed_png(k))[None]) for k in np.unique(ids)}
+    seed = torch.cat([seeds[k] for k in ids]) if n else torch.empty(0, 3, 0, 0)
     return IRISet(folder, seed, load("targets"), load("iris"), table, read_json(folder / "meta.json"))

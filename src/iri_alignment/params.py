@@ -139,6 +139,12 @@ def inversion_iterations(params: dict, regularizer: str) -> int:
     return int(inv.get("iterations_by_regularizer", {}).get(regularizer, inv["iterations"]))
 
 
+def inversion_restarts(params: dict, regularizer: str) -> int:
+    """How many times a non-converged IRI of ``regularizer`` starts again from a
+    new seed: ``inversion.restarts[regularizer]``, else 0 (the protocol)."""
+    return int(params["inversion"].get("restarts", {}).get(regularizer, 0))
+
+
 def get(params: dict, dotted: str) -> Any:
     """``get(p, "training.supervised.epochs")``: a nested value by its key path."""
     node: Any = params

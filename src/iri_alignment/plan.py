@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from iri_alignment.data.specs import get_spec
-from iri_alignment.params import inversion_iterations, params_hash, regularizer_section
+from iri_alignment.params import inversion_iterations, inversion_restarts, params_hash, regularizer_section
 
 MODEL_ID = re.compile(r"^(?P<arch>[a-z0-9]+)-(?P<regime>[a-z-]+?)(?:@(?P<epoch>\d{4}))?$")
 
@@ -126,6 +126,7 @@ def inversion_hash(params: dict, regularizer: str) -> str:
     common = {k: v for k, v in inv.items() if not isinstance(v, dict) or k == "targets"}
     common.pop("regularizers", None)
     common["iterations"] = inversion_iterations(params, regularizer)
+    common["restarts"] = inversion_restarts(params, regularizer)
     return params_hash({**common, "section": regularizer_section(params, regularizer), "seed": params["study"]["seed"]})
 
 
