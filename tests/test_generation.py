@@ -31,6 +31,7 @@ def study(repo, tmp_path, monkeypatch):
     params["inversion"]["iterations"] = 4
     params["inversion"]["iterations_by_regularizer"] = {"reg-free": 3}
     params["inversion"]["batch_size"] = 6  # 10 targets: two batches
+    params["inversion"]["restarts"] = {}  # the protocol's single seed (the restart tests set their own)
     torch.manual_seed(0)
     model = build_model("shapes", "resnet18", width=0.0625)
     ckpt = save_checkpoint(tmp_path / "model.pt", model, {"dataset": "shapes", "arch": "resnet18", "width": 0.0625,
