@@ -11,6 +11,7 @@ and, every ``checkpoint_every`` steps, the running batch are saved under
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 from iri_alignment.checkpoints import load_model
 from iri_alignment.data.loading import open_split
 from iri_alignment.io import atomic_write
-from iri_alignment.inversion import invert, make_seed
+from iri_alignment.inversion import RANDOM_SEED_KINDS, invert, make_seed
 from iri_alignment.irisets import write_iriset
 from iri_alignment.params import inversion_iterations, inversion_restarts, params_hash, regularizer_section
 from iri_alignment.regularizers import make_objective
@@ -79,8 +80,9 @@ def _invert_batches(model, targets: torch.Tensor, seed_image: torch.Tensor, *, o
                     partial: Path, prefix: str, job_hash: str, gen_seed: int, progress: bool) -> dict:
     """Invert ``targets`` batch by batch from ``seed_image``, resumably: each finished
     batch is ``<partial>/<prefix>batch-NNN.pt``, the running one is snapshotted
-    every :data:`CHECKPOINT_EVERY` steps. Returns the concatenated images, rep
-    losses and best iterations (CPU)."""
+    every :data:`CHECKPOINT_EVERY` steps; ``objective_for(generator=g)`` builds a
+    batch's objective. Returns the concatenated images, rep losses and best
+    iterations (CPU)."""
     results = []
     bs = inv["batch_size"]
     for b, start in enumerate(range(0, len(targets), bs)):
@@ -99,7 +101,7 @@ def _invert_batches(model, targets: torch.Tensor, seed_image: torch.Tensor, *, o
                 with atomic_write(path) as fh:
                     torch.save({**state, "hash": job_hash}, fh)
 
-            res = invert(model, targets[start:start + bs], seed_image, objective_for(gen), iterations=iterations,
+            res = invert(model, targets[start:start + bs], seed_image, objective_for(generator=gen), iterations=iterations,
                          step_size=inv["step_size"], fake_relu=inv["fake_relu"], generator=gen,
                          state={k: v for k, v in resume.items() if k != "hash"} if resume else None,
                          checkpoint_every=CHECKPOINT_EVERY, on_checkpoint=snapshot, progress=progress)
@@ -127,7 +129,7 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
     seed_type = seed_type or inv["seed_type"]
     iterations = iterations or inversion_iterations(params, regularizer)
     restarts = inversion_restarts(params, regularizer)
-    if restarts and seed_type in ("white", "black"):
+    if restarts and seed_type not in RANDOM_SEED_KINDS:
         log.warning("inversion.restarts ignored: a %s seed is the same image every time", seed_type)
         restarts = 0
     out = Path(out)
@@ -147,9 +149,10 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
     with start_run(params, stage="invert", name=f"{ckpt.meta['arch']}-{ckpt.meta['regime']}-{regularizer}", tags=tags,
                    log_params={k: v for k, v in settings.items() if k != "targets"}):
         proxy = proxy_for(params, regularizer, device=device)  # built once, shared by the batches
-        run = dict(objective_for=lambda gen: make_objective(regularizer, settings["section"], proxy=proxy, generator=gen),
-                   inv=inv, iterations=iterations, partial=partial, job_hash=job_hash, progress=progress)
-        best = _invert_batches(model, targets, seeds[0], prefix="", gen_seed=study_seed, **run)
+        invert_batches = functools.partial(
+            _invert_batches, model, objective_for=functools.partial(make_objective, regularizer, settings["section"], proxy=proxy),
+            inv=inv, iterations=iterations, partial=partial, job_hash=job_hash, progress=progress)
+        best = invert_batches(targets, seeds[0], prefix="", gen_seed=study_seed)
         seed_of = torch.zeros(len(indices), dtype=torch.long)
         for k in range(1, restarts + 1):
             todo = torch.nonzero(best["rep_loss"] > inv["converged_below"]).flatten()
@@ -158,8 +161,8 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
             log.info("restart %d of %d: %d IRIs above rep loss %g start again from seed %d", k, restarts, len(todo),
                      inv["converged_below"], k)
             seeds.append(make_seed(seed_type, targets.shape[1:], study_seed + k, device=device))
-            again = _invert_batches(model, targets[todo.to(targets.device)], seeds[k], prefix=f"restart-{k}-",
-                                    gen_seed=study_seed + 1000 * k, **run)
+            again = invert_batches(targets[todo.to(targets.device)], seeds[k], prefix=f"restart-{k}-",
+                                   gen_seed=study_seed + 1000 * k)
             better = again["rep_loss"] < best["rep_loss"][todo]
             for key in best:
                 best[key][todo[better]] = again[key][better]

@@ -45,6 +45,7 @@ from iri_alignment.regularizers import ModelRep, Objective
 log = logging.getLogger(__name__)
 
 SEED_KINDS = ("noise", "light-noise", "white", "black")
+RANDOM_SEED_KINDS = ("noise", "light-noise")  # the others are the same image for every seed number
 #: the Fourier basis represents pixels as sigmoid(z); seeds are clamped to
 #: [FOURIER_EPS, 1 - FOURIER_EPS] so that z = logit(seed) stays finite
 FOURIER_EPS = 1e-2

@@ -125,5 +125,4 @@ def read_iriset(folder: str | Path) -> IRISet:
     load = lambda sub: from_uint8(np.stack([load_png(folder / sub / f"{k:04d}.png") for k in range(n)]))  # noqa: E731
     ids = seed_ids(table)
     seeds = {k: from_uint8(load_png(folder / seed_png(k))[None]) for k in np.unique(ids)}
-    seed = torch.cat([seeds[k] for k in ids]) if n else torch.empty(0, 3, 0, 0)
-    return IRISet(folder, seed, load("targets"), load("iris"), table, read_json(folder / "meta.json"))
+    return IRISet(folder, torch.cat([seeds[k] for k in ids]), load("targets"), load("iris"), table, read_json(folder / "meta.json"))

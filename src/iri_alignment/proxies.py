@@ -66,11 +66,9 @@ _LPIPS_VARIANTS = {
     "lpips-alex-base": ("alex", False),
     "lpips-vgg-base": ("vgg", False),
 }
-# lpips trunk -> the torchvision ImageNet weights (a ``torchvision.models`` enum member)
-# that lpips' own pretrained trunk loads. lpips and torchvision are imported only
-# where an LPIPS proxy needs them: importing them costs every job ~2 s (torchvision
-# pulls in torch._dynamo), and the offline proxies use neither.
-_TRUNK_WEIGHTS = {"alex": ("AlexNet_Weights", "IMAGENET1K_V1"), "vgg": ("VGG16_Weights", "IMAGENET1K_V1")}
+# lpips and torchvision are imported only where an LPIPS proxy needs them: importing
+# them costs every job ~2 s (torchvision pulls in torch._dynamo), and the offline
+# proxies use neither.
 
 # Wang, Simoncelli & Bovik (2003), the weights of MS-SSIM's five scales, finest first.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -364,10 +362,10 @@ def trunk_weights_location(trunk: str) -> tuple[str, str, Path]:
     The folder is the torch hub cache, ``torch.hub.get_dir()/checkpoints``
     (``$TORCH_HOME/hub/checkpoints``), where torchvision itself keeps them.
     """
-    import torchvision.models
+    from torchvision.models import AlexNet_Weights, VGG16_Weights
 
-    enum, member = _TRUNK_WEIGHTS[trunk]
-    url = getattr(getattr(torchvision.models, enum), member).url
+    # the torchvision ImageNet weights that lpips' own pretrained trunk loads
+    url = {"alex": AlexNet_Weights.IMAGENET1K_V1, "vgg": VGG16_Weights.IMAGENET1K_V1}[trunk].url
     return url, os.path.basename(urlparse(url).path), Path(torch.hub.get_dir()) / "checkpoints"
 
 
