@@ -14,7 +14,7 @@ from iri_alignment import generation
 from iri_alignment.alignment import export_human, score
 from iri_alignment.checkpoints import save_checkpoint
 from iri_alignment.inversion import make_seed
-from iri_alignment.irisets import read_iriset
+from iri_alignment.irisets import grid_image, read_iriset, to_uint8
 from iri_alignment.models import build_model
 from iri_alignment.params import load_params
 from iri_alignment.proxies import get_proxy, paired
@@ -187,6 +187,23 @@ def test_restarts_start_only_unconverged_iris_again_and_score_them_against_their
     for trial in manifest["2afc"]:
         own = "images/seed-1.png" if restarted[trial["trial"]] else "images/seed.png"
         assert own in trial["choices"] and (tmp_path / "human" / own).is_file()
+
+
+def test_grid_shows_the_shared_seed_once_per_row_and_a_restarted_iris_own_seed_below_it():
+    g = torch.Generator().manual_seed(0)
+    targets, iris, seed_a, seed_b = (torch.rand(n, 3, 4, 4, generator=g) for n in (3, 3, 1, 1))
+    cell = lambda grid, r, c: grid[r * 8 + 2:r * 8 + 6, c * 8 + 2:c * 8 + 6]  # noqa: E731  (pad 2, scale 1)
+
+    shared = grid_image(targets, iris, seed_a.expand(3, -1, -1, -1), columns=3, scale=1)
+    assert shared.shape == (2 * 8, 4 * 8, 3)  # targets row, IRI row; the seed leads the IRI row
+    assert (cell(shared, 1, 0) == to_uint8(seed_a)[0]).all() and (cell(shared, 0, 0) == 255).all()
+    assert (cell(shared, 1, 3) == to_uint8(iris)[2]).all()
+
+    own = torch.cat([seed_a, seed_b, seed_a])  # the middle IRI restarted from another seed
+    mixed = grid_image(targets, iris, own, columns=3, scale=1)
+    assert mixed.shape == (3 * 8, 3 * 8, 3)  # targets, IRIs, and each IRI's own seed below it
+    assert all((cell(mixed, 2, k) == to_uint8(own)[k]).all() for k in range(3))
+    assert (cell(mixed, 1, 1) == to_uint8(iris)[1]).all()
 
 
 def test_restarts_are_skipped_for_a_seed_that_is_always_the_same(study, tmp_path):

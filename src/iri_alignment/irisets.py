@@ -9,7 +9,7 @@ One folder per (model, regularizer)::
     tensors.pt              float tensors: seed (every seed drawn), targets, iris (exact values)
     results.csv             per IRI: target_index, label, rep_loss, converged, best_iteration, seed
     targets.json            the dataset indices of the targets
-    grid.png                targets (top rows) above their IRIs, for a person to look at
+    grid.png                targets above their IRIs (and each IRI's own seed), for a person to look at
     meta.json               checkpoint, model, regularizer, settings, summary
 
 Scoring reads the PNGs, so it sees exactly what a human rater would
@@ -49,20 +49,28 @@ def load_png(path: Path) -> np.ndarray:
         return np.array(im.convert("RGB"))  # a writable copy
 
 
-def grid_image(targets: torch.Tensor, iris: torch.Tensor, seed: torch.Tensor | None = None, *, columns: int = 10,
+def grid_image(targets: torch.Tensor, iris: torch.Tensor, seeds: torch.Tensor | None = None, *, columns: int = 10,
                scale: int = 2, pad: int = 2) -> np.ndarray:
-    """A picture for people: rows of targets, each above the row of its IRIs
-    (with the seed at the start of each IRI row when given)."""
+    """A picture for people: rows of targets, each above the row of its IRIs.
+
+    ``seeds`` is each IRI's starting image, (N, 3, H, W), or None. When every
+    IRI started from the same seed, that seed leads each IRI row; when some
+    restarted from another seed, a row of each IRI's own seed follows its IRI
+    row instead, so every IRI can be compared with the seed it came from.
+    """
     t, i = to_uint8(targets), to_uint8(iris)
     n, h, w, _ = t.shape
-    lead = 1 if seed is not None else 0
-    rows = []
-    s = to_uint8(seed)[0] if seed is not None else None
+    s = to_uint8(seeds) if seeds is not None else None
+    shared = s is not None and bool((s == s[:1]).all())
+    lead = 1 if shared else 0
     blank = np.full((h, w, 3), 255, np.uint8)
+    rows = []
     for start in range(0, n, columns):
-        top = [blank] * lead + list(t[start:start + columns])
-        bottom = ([s] if lead else []) + list(i[start:start + columns])
-        for row in (top, bottom):
+        block = [[blank] * lead + list(t[start:start + columns]),
+                 ([s[0]] if shared else []) + list(i[start:start + columns])]
+        if s is not None and not shared:
+            block.append(list(s[start:start + columns]))
+        for row in block:
             row = row + [blank] * (columns + lead - len(row))
             rows.append(np.concatenate([np.pad(im, ((pad, pad), (pad, pad), (0, 0)), constant_values=255) for im in row], 1))
     grid = np.concatenate(rows, 0)
@@ -106,7 +114,7 @@ def write_iriset(folder: Path, *, seeds: torch.Tensor, targets: torch.Tensor, ir
             save_png(folder / name / f"{k:04d}.png", im)
     for k, im in enumerate(to_uint8(seeds)):
         save_png(folder / seed_png(k), im)
-    save_png(folder / "grid.png", grid_image(targets, iris, seeds[:1]))
+    save_png(folder / "grid.png", grid_image(targets, iris, seeds[torch.as_tensor(seed_ids(table))]))
     with atomic_write(folder / "tensors.pt") as fh:
         torch.save({"seed": seeds.cpu(), "targets": targets.cpu(), "iris": iris.cpu()}, fh)
     with atomic_write(folder / "results.csv", "w") as fh:
