@@ -120,6 +120,13 @@ def test_imagenet_needs_a_folder(params_file):
         load_params(params_file, "paper")
 
 
+def test_epochs_regularizer_must_be_one_that_runs(params_file):
+    edit(params_file, lambda r: r["inversion"].update(regularizers=["reg-free", "adversarial"],
+                                                      epochs_regularizer="human-aligned"))
+    with pytest.raises(ParamsError, match=r"inversion.epochs_regularizer = 'human-aligned' is not in inversion.regularizers"):
+        load_params(params_file, "paper")
+
+
 def test_broken_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "p.yaml"
     bad.write_text("study: [unclosed\n")

@@ -26,6 +26,9 @@ def test_paper_study_jobs(paper):
     jobs = plan.inversion_jobs(paper)
     assert len(jobs) == 9 * 3 + 19  # every model x 3 regularizers, kept SimCLR checkpoints x reg-free
     assert ("resnet18-simclr@0050", "reg-free") in jobs
+    paper["inversion"]["epochs_regularizer"] = "human-aligned"  # the SimCLR checkpoints follow it; the final models do not change
+    assert set(plan.inversion_jobs(paper)) - set(jobs) == {("resnet18-simclr@0050", "human-aligned")} | {
+        (plan.model_id("resnet18", "simclr", e), "human-aligned") for e in range(100, 1000, 50)}
     assert str(plan.checkpoint_path("results", "resnet18-simclr@0050")) == "results/models/resnet18-simclr/epoch-0050.pt"
     assert plan.data_marker(paper) == "data/cifar10/cifar-10-batches-py/.verified"
 

@@ -221,6 +221,22 @@ def test_architecture_augmentation_and_epoch_tables(full):
     assert list(ep["simclr probe acc. (%)"]) == ["–", "55.00", "–", "55.00"]
 
 
+def test_epoch_table_follows_the_epochs_regularizer(tmp_path):
+    """Only the kept checkpoints' human-aligned sets exist (as the embedded
+    profile runs it): the table and figure use them and say so."""
+    root = make_tree(tmp_path / "results", model_ids=("resnet18-standard", "resnet18-simclr"))
+    write_set(root, "resnet18-simclr@0001", "human-aligned")
+    summary, tables, figures = report(tmp_path, root, epochs_regularizer="human-aligned")
+    ep = pd.read_csv(tables / "simclr_epochs.csv", dtype=str)
+    assert list(ep["epoch"]) == ["1", "2"]
+    assert parse(ep.loc[0, "simclr 2AFC"])[0] == pytest.approx(37.5)  # human-aligned 5 - 2 at epoch 1
+    assert parse(ep.loc[1, "simclr 2AFC"])[0] == pytest.approx(62.5)
+    assert "of human-aligned IRIs over SimCLR training epochs" in (tables / "simclr_epochs.md").read_text()
+    assert (figures / "simclr_epochs.png").is_file()
+    _, reg_free_tables, _ = report(tmp_path / "reg-free", root)  # the epoch-1 checkpoint has no reg-free set
+    assert list(pd.read_csv(reg_free_tables / "simclr_epochs.csv", dtype=str)["epoch"]) == ["2"]
+
+
 def test_significance_outputs_and_headline(full):
     summary, tables, _ = full
     sig = pd.read_csv(tables / "significance.csv")

@@ -312,7 +312,8 @@ def report_cmd(results, params_file, profile) -> None:
     summary = build_report(Path(results), Path(results) / "tables", Path(results) / "figures",
                            structural_proxy=params["scoring"]["structural_proxy"], proxies=params["scoring"]["proxies"],
                            alpha=sig["alpha"], permutations=sig["permutations"], bootstrap=sig["bootstrap"],
-                           seed=params["study"]["seed"], converged_below=params["inversion"]["converged_below"])
+                           seed=params["study"]["seed"], converged_below=params["inversion"]["converged_below"],
+                           epochs_regularizer=params["inversion"]["epochs_regularizer"])
     from iri_alignment.io import write_json
 
     write_json(Path(results) / "tables" / "summary.json", summary)

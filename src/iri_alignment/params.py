@@ -220,6 +220,11 @@ def _cross_key_problems(params: dict) -> list[str]:
             problems.append(f"training.regimes names {name!r} but training.regime.{name} is not defined")
         elif name not in ("standard", "standard-simclraug") and "attack" not in params["training"]["regime"][name]:
             problems.append(f"training.regime.{name}: missing required key 'attack' (this regime trains on adversaries)")
+    inv = params["inversion"]
+    if inv["epochs_regularizer"] not in inv["regularizers"]:
+        problems.append(f"inversion.epochs_regularizer = {inv['epochs_regularizer']!r} is not in inversion.regularizers "
+                        f"({', '.join(inv['regularizers'])}): the last epoch's point is the final model's IRI set under it; "
+                        "add it there or choose one of them")
     for name in params["training"]["contrastive_regimes"]:
         if name not in params["training"]["contrastive"]["variants"]:
             problems.append(f"training.contrastive_regimes names {name!r} but training.contrastive.variants.{name} is not defined")

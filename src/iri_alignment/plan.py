@@ -55,9 +55,10 @@ def kept_epochs(params: dict, regime: str) -> list[int]:
 
 def inversion_jobs(params: dict) -> list[tuple[str, str]]:
     """(model_id, regularizer) of every IRI set: every model under every
-    regularizer, and every kept SimCLR checkpoint under reg-free."""
-    jobs = [(model_id(a, r), reg) for a, r in trained_models(params) for reg in params["inversion"]["regularizers"]]
-    jobs += [(model_id(a, r, e), "reg-free") for a, r in trained_models(params) for e in kept_epochs(params, r)]
+    regularizer, and every kept SimCLR checkpoint under ``inversion.epochs_regularizer``."""
+    inv = params["inversion"]
+    jobs = [(model_id(a, r), reg) for a, r in trained_models(params) for reg in inv["regularizers"]]
+    jobs += [(model_id(a, r, e), inv["epochs_regularizer"]) for a, r in trained_models(params) for e in kept_epochs(params, r)]
     return jobs
 
 
@@ -136,4 +137,5 @@ def scoring_hash(params: dict) -> str:
 
 def report_hash(params: dict) -> str:
     return params_hash({"report": params["report"], "scoring": params["scoring"],
-                        "converged_below": params["inversion"]["converged_below"]})
+                        "converged_below": params["inversion"]["converged_below"],
+                        "epochs_regularizer": params["inversion"]["epochs_regularizer"]})

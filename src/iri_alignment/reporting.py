@@ -555,8 +555,8 @@ def augmentation_table(res: Results, cells: pd.DataFrame, proxy: str, *, converg
     return Table("augmentation", title, pd.DataFrame(rows), 1, marks.footnotes())
 
 
-def simclr_checkpoints(res: Results, cells: pd.DataFrame, proxy: str) -> pd.DataFrame:
-    """The SimCLR checkpoints scored by ``proxy`` (reg-free): one row per (arch, regime, epoch).
+def simclr_checkpoints(res: Results, cells: pd.DataFrame, proxy: str, regularizer: str = "reg-free") -> pd.DataFrame:
+    """The SimCLR checkpoints with ``regularizer`` IRIs scored by ``proxy``: one row per (arch, regime, epoch).
 
     An ``@epoch`` id gives its epoch; a final model its ``final_epoch`` (NA when
     unknown). Where a final model and an intermediate checkpoint share an
@@ -565,7 +565,7 @@ def simclr_checkpoints(res: Results, cells: pd.DataFrame, proxy: str) -> pd.Data
     Returns:
         columns ``arch``, ``regime``, ``epoch`` (Int64), ``final`` (bool), ``model_id``.
     """
-    scored = set(cells.loc[(cells["proxy"] == proxy) & (cells["regularizer"] == "reg-free"), "model_id"])
+    scored = set(cells.loc[(cells["proxy"] == proxy) & (cells["regularizer"] == regularizer), "model_id"])
     models = res.models[res.models["regime"].isin(CONTRASTIVE) & res.models.index.isin(scored)]
     rows = pd.DataFrame({"arch": models["arch"], "regime": models["regime"], "final": models["epoch"].isna(),
                          "epoch": models["epoch"].fillna(models["final_epoch"]).astype("Int64"),
@@ -577,12 +577,13 @@ def simclr_checkpoints(res: Results, cells: pd.DataFrame, proxy: str) -> pd.Data
     return rows[~duplicated].reset_index(drop=True)
 
 
-def simclr_epochs_table(res: Results, cells: pd.DataFrame, proxy: str, *, converged_below: float) -> Table | None:
-    """Rows (model, epoch), columns SimCLR regimes: reg-free 2AFC of ``proxy`` and linear-probe accuracy."""
-    points = simclr_checkpoints(res, cells, proxy)
+def simclr_epochs_table(res: Results, cells: pd.DataFrame, proxy: str, *, converged_below: float,
+                        regularizer: str = "reg-free") -> Table | None:
+    """Rows (model, epoch), columns SimCLR regimes: 2AFC of ``proxy`` on ``regularizer`` IRIs and linear-probe accuracy."""
+    points = simclr_checkpoints(res, cells, proxy, regularizer)
     if points.empty:
         return None
-    part = cells[(cells["proxy"] == proxy) & (cells["regularizer"] == "reg-free") & (cells["task"] == "2afc")]
+    part = cells[(cells["proxy"] == proxy) & (cells["regularizer"] == regularizer) & (cells["task"] == "2afc")]
     marks, lookup = _Marks(res.models, converged_below), _lookup(part)
     regimes = _order(points["regime"], CONTRASTIVE)
     with_probe = [r for r in regimes if res.models.loc[points.loc[points["regime"] == r, "model_id"], "probe_acc"].notna().any()]
@@ -593,7 +594,7 @@ def simclr_epochs_table(res: Results, cells: pd.DataFrame, proxy: str, *, conver
         row = {"model": arch_name(arch), "epoch": "final" if np.isinf(epoch_key) else str(int(epoch_key)), "proxy": proxy}
         by_regime = dict(zip(group["regime"], group["model_id"]))
         for r in regimes:
-            row[f"{r} 2AFC"] = marks.text(lookup.get((by_regime.get(r), "reg-free", proxy, "2afc")))
+            row[f"{r} 2AFC"] = marks.text(lookup.get((by_regime.get(r), regularizer, proxy, "2afc")))
             if r in with_probe:
                 acc = res.models.at[by_regime[r], "probe_acc"] if r in by_regime else np.nan
                 row[f"{r} probe acc. (%)"] = f"{acc:.2f}" if np.isfinite(acc) else MISSING
@@ -606,7 +607,7 @@ def simclr_epochs_table(res: Results, cells: pd.DataFrame, proxy: str, *, conver
         notes.append("Final models: " + "; ".join(f"{arch_name(a)} {r} at epoch {e if pd.notna(e) else '?'}"
                                                   for a, r, e in zip(finals["arch"], finals["regime"], finals["epoch"]))
                      + "; probe accuracy is the final linear probe's test accuracy.")
-    title = f"2AFC alignment (%) of reg-free IRIs over SimCLR training epochs, judged by {proxy} (mean ± std over targets)"
+    title = f"2AFC alignment (%) of {regularizer} IRIs over SimCLR training epochs, judged by {proxy} (mean ± std over targets)"
     return Table("simclr_epochs", title, frame, 2, notes)
 
 
@@ -711,18 +712,19 @@ def plot_proxy_agreement(res: Results, cells: pd.DataFrame, proxies: Sequence[st
     return _save(fig, path), rho
 
 
-def plot_simclr_epochs(res: Results, cells: pd.DataFrame, proxy: str, path: Path) -> Path | None:
-    """Reg-free 2AFC over SimCLR epochs, one line per (architecture, regime) with its bootstrap band;
-    final probe accuracy as squares on a second axis."""
-    points = simclr_checkpoints(res, cells, proxy).dropna(subset=["epoch"])
+def plot_simclr_epochs(res: Results, cells: pd.DataFrame, proxy: str, path: Path,
+                       regularizer: str = "reg-free") -> Path | None:
+    """2AFC of ``regularizer`` IRIs over SimCLR epochs, one line per (architecture, regime) with its
+    bootstrap band; final probe accuracy as squares on a second axis."""
+    points = simclr_checkpoints(res, cells, proxy, regularizer).dropna(subset=["epoch"])
     if points.empty:
         return None
-    lookup = _lookup(cells[(cells["proxy"] == proxy) & (cells["regularizer"] == "reg-free") & (cells["task"] == "2afc")])
+    lookup = _lookup(cells[(cells["proxy"] == proxy) & (cells["regularizer"] == regularizer) & (cells["task"] == "2afc")])
     fig = Figure(figsize=(5.5, 3.6))
     ax = fig.add_subplot()
     probe_ax = None
     for (arch, regime), group in points.groupby(["arch", "regime"], sort=True):
-        got = [lookup[(m, "reg-free", proxy, "2afc")] for m in group["model_id"]]
+        got = [lookup[(m, regularizer, proxy, "2afc")] for m in group["model_id"]]
         epochs = group["epoch"].astype(int).to_numpy()
         line, = ax.plot(epochs, [c["mean"] for c in got], marker="o", label=f"{arch_name(arch)} {regime}")
         ax.fill_between(epochs, [c["ci_low"] for c in got], [c["ci_high"] for c in got], alpha=0.2, color=line.get_color())
@@ -732,7 +734,7 @@ def plot_simclr_epochs(res: Results, cells: pd.DataFrame, proxy: str, path: Path
             probe_ax.plot(epochs, probe, ls="none", marker="s", color=line.get_color())
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"reg-free 2AFC (%), {proxy}")
+    ax.set_ylabel(f"{regularizer} 2AFC (%), {proxy}")
     ax.set_ylim(-3, 103)
     if probe_ax is not None:
         probe_ax.set_ylabel("linear-probe accuracy (%) (squares)")
@@ -747,7 +749,7 @@ def plot_simclr_epochs(res: Results, cells: pd.DataFrame, proxy: str, path: Path
 
 def build_report(results: Path, out_tables: Path, out_figures: Path, *, structural_proxy: str, proxies: list[str],
                  alpha: float = 0.05, permutations: int = 10000, bootstrap: int = 2000, seed: int = 0,
-                 converged_below: float = 0.1) -> dict:
+                 converged_below: float = 0.1, epochs_regularizer: str = "reg-free") -> dict:
     """Every table, figure and significance test the results folder allows.
 
     Args:
@@ -762,6 +764,8 @@ def build_report(results: Path, out_tables: Path, out_figures: Path, *, structur
         bootstrap: bootstrap resamples of every interval (default 2000).
         seed: seed of every bootstrap and permutation (default 0).
         converged_below: an IRI with rep loss above this did not converge and marks its cells (default 0.1).
+        epochs_regularizer: the regularizer of the alignment-over-SimCLR-epochs table and figure
+            (``inversion.epochs_regularizer``; default ``reg-free``).
 
     Returns:
         ``{"tables": [...], "figures": [...], "skipped": [...], "proxy", "headline"}``:
@@ -805,8 +809,8 @@ def build_report(results: Path, out_tables: Path, out_figures: Path, *, structur
          f"no reg-free IRI set of a final model scored by {structural_proxy}"),
         ("augmentation", lambda: augmentation_table(res, cells, structural_proxy, **kw),
          f"fewer than two of the regimes {', '.join(AUGMENTATION_REGIMES)} scored by {structural_proxy}"),
-        ("simclr_epochs", lambda: simclr_epochs_table(res, cells, structural_proxy, **kw),
-         f"no SimCLR model ({', '.join(CONTRASTIVE)}) with reg-free IRIs scored by {structural_proxy}"),
+        ("simclr_epochs", lambda: simclr_epochs_table(res, cells, structural_proxy, regularizer=epochs_regularizer, **kw),
+         f"no SimCLR model ({', '.join(CONTRASTIVE)}) with {epochs_regularizer} IRIs scored by {structural_proxy}"),
     ]
     for name, build, reason in builders:
         table = build()
@@ -834,7 +838,7 @@ def build_report(results: Path, out_tables: Path, out_figures: Path, *, structur
     agreement, rho = plot_proxy_agreement(res, cells, proxies, structural_proxy, out_figures / "proxy_agreement.png")
     if agreement is None:
         skip("figure proxy_agreement: no reg-free IRI set scored by the proxies")
-    epochs = plot_simclr_epochs(res, cells, structural_proxy, out_figures / "simclr_epochs.png")
+    epochs = plot_simclr_epochs(res, cells, structural_proxy, out_figures / "simclr_epochs.png", epochs_regularizer)
     if epochs is None:
         skip("figure simclr_epochs: no SimCLR checkpoint with a known epoch")
     figures += [p for p in (plotted, agreement, epochs) if p is not None]
