@@ -1,0 +1,190 @@
+"""Tables and figures of the study from a results folder (protocol, sections 6-8).
+
+:func:`build_report` reads what the pipeline wrote under ``results``::
+
+    models/<model_id>/metrics.json         training metrics and model meta (accuracies as fractions)
+    evaluation/<model_id>.json             separate evaluation (preferred over metrics.json)
+    iris/<model_id>/<regularizer>/         IRI sets (grid.png, results.csv, meta.json)
+    scores/<model_id>/<regularizer>.csv    per (proxy, IRI): 2afc and clustering outcomes, rep_loss, ...
+    scores/<model_id>/<regularizer>.json   summary, with the model meta
+
+``model_id`` is ``<arch>-<regime>`` or, for an intermediate SimCLR checkpoint,
+``<arch>-<regime>@<epoch:04d>``. Any subset may be present: every table and
+figure the data allows is built, and everything skipped is logged and listed
+in the returned summary.
+
+Cells (all in percent):
+
+* *per-target cell* (one proxy): ``mean ± std (n=targets)`` of the per-IRI
+  outcomes :math:`o_i \\in [0, 1]` times 100, with the sample standard
+  deviation (ddof 1) over the n targets, and a percentile bootstrap 95%
+  interval of the mean (figures and ``cells.csv``);
+* *over-proxies cell* (the paper's): ``mean ± std (n=proxies)`` of the
+  per-proxy means, population std (ddof 0) over the proxies; LPIPS variants
+  when any were scored, else every scored proxy; an adversarial IRI set is
+  averaged over the proxies it was not optimised against;
+* marks: ``†`` the IRI set has IRIs whose rep loss exceeds ``converged_below``
+  (the footnote counts them), ``‡`` the cell is scored by the proxy the IRIs
+  were optimised against (adversarial regularizer: a biased judge),
+  ``–`` no data.
+
+Tables (each as ``.csv``, ``.md`` and booktabs ``.tex`` in ``out_tables``;
+every one names its proxy in its title and in a ``proxy`` column or its
+headers): ``alignment_by_regularizer``, ``alignment_by_regularizer_over_proxies``,
+``proxies``, ``architecture_loss``, ``augmentation``, ``simclr_epochs``; plus
+``cells.csv`` (every cell as numbers) and ``significance.csv``/``.md``
+(:mod:`iri_alignment.significance`). Figures (PNG in ``out_figures``):
+``grids/<model_id>_<regularizer>.png``, ``alignment_by_regularizer.png``,
+``proxy_agreement.png``, ``simclr_epochs.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from iri_alignment import significance
+from iri_alignment.io import atomic_write
+from iri_alignment.plan import parse_model_id
+from iri_alignment.reporting.cells import (
+    averaged_proxies,
+    over_proxy_cells,
+    summarise_cells,
+)
+from iri_alignment.reporting.figures import (
+    copy_grids,
+    plot_alignment_by_regularizer,
+    plot_proxy_agreement,
+    plot_simclr_epochs,
+)
+from iri_alignment.reporting.layout import (
+    AUGMENTATION_REGIMES,
+    CONTRASTIVE,
+    final_models,
+)
+from iri_alignment.reporting.results import Results, load_results
+from iri_alignment.reporting.tables import (
+    alignment_by_regularizer_table,
+    alignment_over_proxies_table,
+    architecture_loss_table,
+    augmentation_table,
+    latex_escape,
+    proxies_table,
+    simclr_epochs_table,
+    write_table,
+)
+
+__all__ = ["Results", "build_report", "latex_escape", "load_results", "parse_model_id"]
+
+log = logging.getLogger(__name__)
+
+# -- the report -------------------------------------------------------------------------
+
+
+def build_report(results: Path, out_tables: Path, out_figures: Path, *, structural_proxy: str, proxies: list[str],
+                 alpha: float = 0.05, permutations: int = 10000, bootstrap: int = 2000, seed: int = 0,
+                 converged_below: float = 0.1, epochs_regularizer: str = "reg-free") -> dict:
+    """Every table, figure and significance test the results folder allows.
+
+    Args:
+        results: the results root (layout in the module docstring); read only.
+        out_tables: folder for the tables (created).
+        out_figures: folder for the figures (created).
+        structural_proxy: the proxy the single-proxy tables, figures and tests use (e.g. ``ms-ssim``, ``lpips-alex``).
+        proxies: the proxies to report in the ``proxies`` table and to average over (LPIPS variants
+            when any were scored).
+        alpha: family-wise level of the significance tests, in (0, 1) (default 0.05).
+        permutations: sign-flip resamples of the permutation tests (default 10000).
+        bootstrap: bootstrap resamples of every interval (default 2000).
+        seed: seed of every bootstrap and permutation (default 0).
+        converged_below: an IRI with rep loss above this did not converge and marks its cells (default 0.1).
+        epochs_regularizer: the regularizer of the alignment-over-SimCLR-epochs table and figure
+            (``inversion.epochs_regularizer``; default ``reg-free``).
+
+    Returns:
+        ``{"tables": [...], "figures": [...], "skipped": [...], "proxy", "headline"}``:
+        paths written (str), what was skipped and why, and the headline numbers:
+        ``alignment`` (final model -> regularizer -> structural-proxy 2AFC %),
+        ``proxy_rank_correlation`` (Spearman with the structural proxy across models)
+        and ``significant`` (the comparisons significant after Holm) of ``n_tests``.
+
+    Raises:
+        FileNotFoundError: ``results`` is not a folder.
+    """
+    out_tables, out_figures = Path(out_tables), Path(out_figures)
+    out_tables.mkdir(parents=True, exist_ok=True)
+    out_figures.mkdir(parents=True, exist_ok=True)
+    res = load_results(results, converged_below=converged_below)
+    skipped = list(res.skipped)
+
+    def skip(reason: str) -> None:
+        skipped.append(reason)
+        log.info("report: skipped %s", reason)
+
+    cells = summarise_cells(res, bootstrap=bootstrap, seed=seed)
+    available = sorted(set(cells["proxy"]))
+    for p in [*proxies, structural_proxy]:
+        if p not in available:
+            skip(f"proxy {p}: no scores use it")
+    used = averaged_proxies(available, proxies)
+    over = over_proxy_cells(cells, used)
+    with atomic_write(out_tables / "cells.csv", "w") as fh:
+        pd.concat([cells.assign(proxies_used=cells["proxy"]), over], ignore_index=True).to_csv(fh, index=False)
+    tables_written: list[Path] = [out_tables / "cells.csv"]
+
+    kw = {"converged_below": converged_below}
+    builders = [
+        ("alignment_by_regularizer", lambda: alignment_by_regularizer_table(res, cells, structural_proxy, **kw),
+         f"no final model scored by {structural_proxy}"),
+        ("alignment_by_regularizer_over_proxies", lambda: alignment_over_proxies_table(res, over, used, **kw),
+         "no final model scored by any of the proxies"),
+        ("proxies", lambda: proxies_table(res, cells, proxies, **kw), "no reg-free IRI set of a final model scored by the proxies"),
+        ("architecture_loss", lambda: architecture_loss_table(res, cells, structural_proxy, **kw),
+         f"no reg-free IRI set of a final model scored by {structural_proxy}"),
+        ("augmentation", lambda: augmentation_table(res, cells, structural_proxy, **kw),
+         f"fewer than two of the regimes {', '.join(AUGMENTATION_REGIMES)} scored by {structural_proxy}"),
+        ("simclr_epochs", lambda: simclr_epochs_table(res, cells, structural_proxy, regularizer=epochs_regularizer, **kw),
+         f"no SimCLR model ({', '.join(CONTRASTIVE)}) with {epochs_regularizer} IRIs scored by {structural_proxy}"),
+    ]
+    for name, build, reason in builders:
+        table = build()
+        if table is None:
+            skip(f"table {name}: {reason}")
+        else:
+            tables_written += write_table(table, out_tables)
+
+    final = final_models(res)
+    sig_input = res.outcomes[(res.outcomes["proxy"] == structural_proxy) & res.outcomes["model_id"].isin(final)]
+    sig_input = sig_input.assign(arch=sig_input["model_id"].map(res.models["arch"]),
+                                 regime=sig_input["model_id"].map(res.models["regime"]),
+                                 outcome=sig_input["2afc"].astype(np.float64))
+    tests, not_tested = significance.run_tests(sig_input, proxy=structural_proxy, alpha=alpha, permutations=permutations,
+                                               bootstrap=bootstrap, seed=seed)
+    tables_written += significance.write_significance(tests, not_tested, out_tables, proxy=structural_proxy, alpha=alpha)
+    skipped += [f"significance: {s}" for s in not_tested]
+
+    figures = copy_grids(res, out_figures / "grids")
+    if not figures:
+        skip("grids: no IRI set has a grid.png")
+    plotted = plot_alignment_by_regularizer(res, cells, structural_proxy, out_figures / "alignment_by_regularizer.png")
+    if plotted is None:
+        skip(f"figure alignment_by_regularizer: no final model scored by {structural_proxy}")
+    agreement, rho = plot_proxy_agreement(res, cells, proxies, structural_proxy, out_figures / "proxy_agreement.png")
+    if agreement is None:
+        skip("figure proxy_agreement: no reg-free IRI set scored by the proxies")
+    epochs = plot_simclr_epochs(res, cells, structural_proxy, out_figures / "simclr_epochs.png", epochs_regularizer)
+    if epochs is None:
+        skip("figure simclr_epochs: no SimCLR checkpoint with a known epoch")
+    figures += [p for p in (plotted, agreement, epochs) if p is not None]
+
+    main = cells[(cells["proxy"] == structural_proxy) & (cells["task"] == "2afc") & cells["model_id"].isin(final)]
+    alignment = {m: {g: round(float(v), 2) for g, v in zip(part["regularizer"], part["mean"])}
+                 for m, part in main.groupby("model_id", sort=False)}
+    headline = {"alignment": {m: alignment[m] for m in final if m in alignment}, "proxy_rank_correlation": rho,
+                "n_tests": int(len(tests)), "significant": tests.loc[tests["significant"].astype(bool), "comparison"].tolist()}
+    log.info("report: %d tables, %d figures, %d skipped", len(tables_written), len(figures), len(skipped))
+    return {"tables": [str(p) for p in tables_written], "figures": [str(p) for p in figures], "skipped": skipped,
+            "proxy": structural_proxy, "headline": headline}

@@ -1,0 +1,172 @@
+"""Reading a results folder into tables (:class:`Results`, :func:`load_results`)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from iri_alignment.io import read_json
+from iri_alignment.plan import parse_model_id
+
+log = logging.getLogger(__name__)
+
+# -- reading the results folder ---------------------------------------------------------
+
+
+def _read_json_or_none(path: Path) -> dict | None:
+    return read_json(path) if path.is_file() else None
+
+
+def _percent(value) -> float:
+    """A fraction in [0, 1] (or None) as a percentage (NaN when absent)."""
+    return 100.0 * float(value) if value is not None else float("nan")
+
+
+@dataclass
+class Results:
+    """Everything :func:`build_report` reads, as tables.
+
+    Attributes:
+        root: the results folder.
+        models: one row per model id (index ``model_id``): ``arch``, ``regime``,
+            ``epoch`` (checkpoint epoch for ``@`` ids, else NA), ``final_epoch``,
+            ``dataset``, ``clean_acc``, ``robust_acc``, ``probe_acc`` (percent, NaN when
+            unknown), ``eps``, ``attack_steps``, ``accuracy_source``.
+        outcomes: one row per (model, regularizer, proxy, IRI): ``model_id``,
+            ``regularizer``, ``proxy``, ``index``, ``target_index``, ``rep_loss``,
+            ``unconverged`` (rep loss > ``converged_below``), ``2afc``, ``clustering``
+            (outcomes in [0, 1]), ``optimised_against``.
+        sets: one row per scored (model, regularizer): ``n_iris``, ``n_unconverged``,
+            ``self_proxy`` (the proxy an adversarial set was optimised against, or "").
+        grids: ``(model_id, regularizer, path)`` of every IRI set's ``grid.png``.
+        skipped: what could not be read, and why.
+    """
+
+    root: Path
+    models: pd.DataFrame
+    outcomes: pd.DataFrame
+    sets: pd.DataFrame
+    grids: list[tuple[str, str, Path]]
+    skipped: list[str] = field(default_factory=list)
+
+
+def _model_row(root: Path, model_id: str, meta_hint: dict | None) -> dict:
+    """Meta and accuracies of one model, from metrics.json, evaluation/<id>.json and a scores summary."""
+    arch, regime, epoch = parse_model_id(model_id)
+    metrics = _read_json_or_none(root / "models" / model_id / "metrics.json") or {}
+    evaluation = _read_json_or_none(root / "evaluation" / f"{model_id}.json")
+    meta = {**(meta_hint or {}), **metrics}
+    for key, parsed in (("arch", arch), ("regime", regime)):
+        if meta.get(key) and meta[key] != parsed:
+            log.warning("%s: meta says %s=%s, the id says %s; using the meta", model_id, key, meta[key], parsed)
+    source = evaluation if evaluation is not None else metrics
+    probe = metrics.get("probe_test_acc", (meta_hint or {}).get("metrics", {}).get("probe_test_acc"))
+    return {
+        "model_id": model_id, "arch": meta.get("arch") or arch, "regime": meta.get("regime") or regime, "epoch": epoch,
+        "final_epoch": metrics.get("epochs", meta.get("epoch") if epoch is None else None),
+        "dataset": meta.get("dataset"), "clean_acc": _percent(source.get("clean_acc")),
+        "robust_acc": _percent(source.get("robust_acc")), "probe_acc": _percent(probe),
+        "eps": source.get("eps", meta.get("eps")), "attack_steps": source.get("attack_steps"),
+        "accuracy_source": "evaluation" if evaluation is not None else ("metrics" if metrics else ""),
+    }
+
+
+def _read_scores(path: Path, summary: dict, model_id: str, regularizer: str, converged_below: float,
+                 skipped: list[str]) -> pd.DataFrame | None:
+    """One per-IRI scores CSV (with its summary JSON, or {}) in the columns of :attr:`Results.outcomes`;
+    None (logged) when unusable."""
+    table = pd.read_csv(path)
+    missing = {"proxy", "target_index", "2afc", "clustering"} - set(table.columns)
+    if missing:
+        skipped.append(f"{path}: lacks columns {sorted(missing)}; not used")
+        log.warning(skipped[-1])
+        return None
+    if "index" not in table.columns:
+        table["index"] = table["target_index"]
+    if "rep_loss" in table.columns:
+        table["unconverged"] = table["rep_loss"] > converged_below
+    else:
+        table["rep_loss"] = np.nan
+        table["unconverged"] = ~table["converged"].astype(bool) if "converged" in table.columns else False
+    if "optimised_against" not in table.columns:
+        flagged = {p for p, s in summary.get("proxies", {}).items() if s.get("optimised_against")}
+        table["optimised_against"] = table["proxy"].isin(flagged)
+    table["optimised_against"] = table["optimised_against"].astype(bool)
+    table["model_id"], table["regularizer"] = model_id, regularizer
+    return table.loc[:, ["model_id", "regularizer", "proxy", "index", "target_index", "rep_loss", "unconverged", "2afc",
+                         "clustering", "optimised_against"]]
+
+
+def load_results(results: str | Path, *, converged_below: float = 0.1) -> Results:
+    """Read a results folder (layout in the module docstring) into :class:`Results`.
+
+    Args:
+        results: the results root.
+        converged_below: an IRI whose rep loss is above this did not converge (default 0.1, protocol 5).
+
+    Raises:
+        FileNotFoundError: ``results`` is not a folder.
+    """
+    root = Path(results)
+    if not root.is_dir():
+        raise FileNotFoundError(f"results folder {root} does not exist")
+    skipped: list[str] = []
+    frames, hints = [], {}
+    for path in sorted((root / "scores").glob("*/*.csv")):
+        model_id, regularizer = path.parent.name, path.stem
+        try:
+            parse_model_id(model_id)
+        except ValueError as err:
+            skipped.append(f"{path}: {err}")
+            log.warning(skipped[-1])
+            continue
+        summary = _read_json_or_none(path.with_suffix(".json")) or {}
+        table = _read_scores(path, summary, model_id, regularizer, converged_below, skipped)
+        if table is not None:
+            frames.append(table)
+            hints.setdefault(model_id, summary.get("model"))
+    grids = []
+    for grid in sorted((root / "iris").glob("*/*/grid.png")):
+        model_id, regularizer = grid.parent.parent.name, grid.parent.name
+        grids.append((model_id, regularizer, grid))
+        hints.setdefault(model_id, (_read_json_or_none(grid.parent / "meta.json") or {}).get("model"))
+    scored = {(t["model_id"].iat[0], t["regularizer"].iat[0]) for t in frames}
+    for model_id, regularizer, _ in grids:
+        if (model_id, regularizer) not in scored:
+            skipped.append(f"iris/{model_id}/{regularizer}: no scores; only its grid is reported")
+            log.info(skipped[-1])
+    for folder in sorted((root / "models").glob("*")):
+        if (folder / "metrics.json").is_file():
+            hints.setdefault(folder.name, None)
+    for path in sorted((root / "evaluation").glob("*.json")):
+        hints.setdefault(path.stem, None)
+
+    rows = []
+    for model_id, hint in sorted(hints.items()):
+        try:
+            rows.append(_model_row(root, model_id, hint))
+        except ValueError as err:
+            skipped.append(f"model {model_id}: {err}")
+            log.warning(skipped[-1])
+    models = pd.DataFrame(rows, columns=["model_id", "arch", "regime", "epoch", "final_epoch", "dataset", "clean_acc",
+                                         "robust_acc", "probe_acc", "eps", "attack_steps", "accuracy_source"])
+    models["epoch"] = models["epoch"].astype("Int64")
+    models["final_epoch"] = pd.to_numeric(models["final_epoch"]).astype("Int64")
+    models = models.set_index("model_id")
+
+    outcome_cols = ["model_id", "regularizer", "proxy", "index", "target_index", "rep_loss", "unconverged", "2afc",
+                    "clustering", "optimised_against"]
+    outcomes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=outcome_cols)
+    iris = outcomes.drop_duplicates(["model_id", "regularizer", "index"])
+    sets = iris.groupby(["model_id", "regularizer"]).agg(n_iris=("index", "size"), n_unconverged=("unconverged", "sum"))
+    self_proxy = (outcomes[outcomes["optimised_against"].astype(bool)].groupby(["model_id", "regularizer"])["proxy"]
+                  .first())
+    sets["self_proxy"] = self_proxy.reindex(sets.index).fillna("")
+    sets["n_unconverged"] = sets["n_unconverged"].astype(int)
+    return Results(root, models, outcomes, sets, grids, skipped)
+
+
