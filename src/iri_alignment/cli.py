@@ -47,6 +47,15 @@ def device_option(func):
                         help="Where to compute (default: study.device from params).")(func)
 
 
+def load(params_file: str, profile: str | None) -> dict:
+    """The merged, validated params with the group's ``--set`` overrides applied."""
+    from iri_alignment.params import load_params
+
+    ctx = click.get_current_context(silent=True)
+    overrides = ((ctx.find_root().obj or {}).get("overrides", ()) if ctx else ())
+    return load_params(params_file, profile, overrides)
+
+
 def echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
@@ -58,7 +67,11 @@ def echo_json(obj) -> None:
 @click.option("--threads", default=None, type=int, envvar="IRI_THREADS",
               help="CPU threads for torch (default: torch's choice; env IRI_THREADS). Give each parallel job its own share: "
                    "two jobs with two threads each on two cores run many times slower than with one.")
-def cli(log_level: str, threads: int | None) -> None:
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one parameter after the profile is merged, e.g. --set study.seed=1 (value parsed as YAML; "
+                   "repeatable; validated like the file).")
+@click.pass_context
+def cli(ctx: click.Context, log_level: str, threads: int | None, overrides: tuple[str, ...]) -> None:
     """iri-alignment: do a network's invariances match human perception?
 
     Train models, generate identically represented inputs (IRIs), score
@@ -66,6 +79,7 @@ def cli(log_level: str, threads: int | None) -> None:
     """
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    ctx.obj = {"overrides": overrides}
     if threads:
         import torch
 
@@ -96,9 +110,9 @@ def params_check(file: str, profile: str | None) -> None:
 @click.option("--key", default=None, help="Print one subtree, e.g. training.supervised.")
 def params_show(params_file: str, profile: str | None, key: str | None) -> None:
     """Print the merged, validated parameters as JSON."""
-    from iri_alignment.params import get, load_params
+    from iri_alignment.params import get
 
-    params = load_params(params_file, profile)
+    params = load(params_file, profile)
     echo_json(get(params, key) if key else params)
 
 
@@ -116,9 +130,8 @@ def params_split(params_file: str, profile: str | None, out: str) -> None:
     from pathlib import Path
 
     from iri_alignment.io import atomic_write
-    from iri_alignment.params import load_params
 
-    params = load_params(params_file, profile)
+    params = load(params_file, profile)
     for section, value in params.items():
         path = Path(out) / f"{section}.json"
         text = json.dumps(value, indent=2, sort_keys=True) + "\n"
@@ -144,9 +157,8 @@ def data_group() -> None:
 def data_prepare(dataset: str, root: str | None, no_download: bool, params_file: str, profile: str | None) -> None:
     """Make DATASET ready on disk (download and verify, or generate) and print a summary."""
     from iri_alignment.data import prepare
-    from iri_alignment.params import load_params
 
-    cfg = load_params(params_file, profile)["data"]
+    cfg = load(params_file, profile)["data"]
     if dataset == "imagenet":
         summary = prepare(dataset, cfg["root"], imagenet_root=root or cfg["imagenet_root"])
     else:
@@ -186,9 +198,9 @@ def models_list() -> None:
 
 def _study(params_file: str, profile: str | None, dataset: str | None = None) -> dict:
     """Load params, optionally pointing the study at another dataset."""
-    from iri_alignment.params import load_params, validate
+    from iri_alignment.params import validate
 
-    params = load_params(params_file, profile)
+    params = load(params_file, profile)
     if dataset and dataset != params["data"]["dataset"]:
         params["data"]["dataset"] = dataset
         validate(params, source=params_file)
@@ -240,6 +252,28 @@ def evaluate_cmd(checkpoint, attack_steps, eps, limit, out, params_file, profile
     params = _study(params_file, profile)
     echo_json(evaluate_checkpoint(params, checkpoint, device=_device(params, device), attack_steps=attack_steps,
                                   eps=eps, limit=limit, out=out))
+
+
+@cli.command("calibrate")
+@click.option("--out", default="results/calibration", show_default=True, type=click.Path(file_okay=False))
+@click.option("--seeds", default=None, help="Comma-separated training seeds (default calibration.seeds).")
+@click.option("--threads", "thread_counts", default=None, help="Comma-separated torch thread counts (default calibration.threads).")
+@click.option("--model", "models", multiple=True, help="Only this model id, e.g. vgg16-adversarial (repeatable; default all).")
+@params_options
+def calibrate_cmd(out, seeds, thread_counts, models, params_file, profile) -> None:
+    """Train every model of the profile per seed and thread count and check it
+    against calibration.targets; print the table, exit 1 if any run misses."""
+    from pathlib import Path
+
+    from iri_alignment.calibration import calibrate
+
+    params = _study(params_file, profile)
+    ints = lambda text: [int(v) for v in text.split(",")] if text else None  # noqa: E731
+    result = calibrate(params, params_file=params_file, out=out, seeds=ints(seeds), threads=ints(thread_counts),
+                       models=list(models) or None)
+    click.echo(Path(result["table"]).read_text())
+    if not result["passed"]:
+        raise click.ClickException("calibration missed its targets:\n  " + "\n  ".join(result["missed"]))
 
 
 # -- IRIs and alignment -----------------------------------------------------------------

@@ -20,6 +20,7 @@ import json
 import os
 from functools import cache
 from importlib import resources
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +98,44 @@ def validate(params: dict, *, source: str = DEFAULT_PARAMS) -> dict:
     return params
 
 
-def load_params(path: str | os.PathLike = DEFAULT_PARAMS, profile: str | None = None) -> dict:
-    """Read, merge and validate: the params every command works from."""
+def load_params(path: str | os.PathLike = DEFAULT_PARAMS, profile: str | None = None,
+                overrides: Sequence[str] = ()) -> dict:
+    """Read, merge, apply ``overrides`` (``KEY=VALUE``, see :func:`apply_overrides`)
+    and validate: the params every command works from."""
     raw = read_yaml(path)
-    return validate(merge_profile(raw, profile, source=str(path)), source=str(path))
+    merged = apply_overrides(merge_profile(raw, profile, source=str(path)), overrides, source=str(path))
+    return validate(merged, source=str(path))
+
+
+def apply_overrides(params: dict, overrides: Sequence[str], *, source: str = DEFAULT_PARAMS) -> dict:
+    """Set dotted keys on merged params: ``["study.seed=2", "models.archs=[vgg16]"]``.
+
+    Each value is parsed as YAML (``2`` is an int, ``[a, b]`` a list, ``null``
+    None). Every key on the path but the last must exist; the result is
+    validated by the caller, so a new last key is caught by the schema.
+    Returns a new dict; raises ParamsError naming the bad override.
+    """
+    out = copy.deepcopy(params)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"override {item!r}: write KEY=VALUE, e.g. study.seed=1")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ParamsError(f"override {item!r}: the value is not valid YAML: {err}") from None
+        *parents, last = key.split(".")
+        node = out
+        for depth, part in enumerate(parents):
+            if not isinstance(node, dict) or part not in node:
+                options = list(node) if isinstance(node, dict) else []
+                where = ".".join(parents[:depth + 1])
+                raise ParamsError(f"override {item!r}: {source} has no key {where}{_did_you_mean(part, options)}")
+            node = node[part]
+        if not isinstance(node, dict):
+            raise ParamsError(f"override {item!r}: {'.'.join(parents)} is not a section")
+        node[last] = value
+    return out
 
 
 def check_file(path: str | os.PathLike = DEFAULT_PARAMS, profile: str | None = None) -> list[str]:
@@ -146,9 +181,17 @@ def inversion_restarts(params: dict, regularizer: str) -> int:
 
 
 def get(params: dict, dotted: str) -> Any:
-    """``get(p, "training.supervised.epochs")``: a nested value by its key path."""
+    """``get(p, "training.supervised.epochs")``: a nested value by its key path.
+
+    Raises ParamsError naming the first missing part and the keys there."""
     node: Any = params
-    for part in dotted.split("."):
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(parts[:depth + 1])
+            options = list(node) if isinstance(node, dict) else []
+            listed = f"; keys there: {', '.join(map(str, options))}" if options else f"; {'.'.join(parts[:depth])} is a value"
+            raise ParamsError(f"no key {where}{_did_you_mean(part, options)}{listed}")
         node = node[part]
     return node
 
