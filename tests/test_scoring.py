@@ -12,6 +12,7 @@ from iri_alignment.scoring import (
     clustering,
     clustering_triplets,
     count_ties,
+    null_two_afc,
     summarise,
     summarise_over_proxies,
     two_afc,
@@ -157,3 +158,25 @@ def test_summarise_over_proxies():
     assert summarise_over_proxies({"ssim": 12.5}) == {"mean": 12.5, "std": 0.0, "n": 1}
     with pytest.raises(ValueError):
         summarise_over_proxies({})
+
+
+def test_null_two_afc_on_hand_built_distances():
+    # Row 0: own target in column 1; IRI nearer its own target (1.0) than the seed (5.0),
+    # farther from both wrong targets (7.0, 9.0) than from the seed: null 0, margin 1.
+    # Row 1: a smooth IRI near every target (2.0 each) and far from the seed (6.0):
+    # 2AFC 1, null 1, margin 0 -- leaving the seed is not likeness to the target.
+    # Row 2: one wrong target ties with the seed (4.0), the other is nearer (1.0): null (0.5 + 1) / 2.
+    triplets = np.array([[1, 0, 2], [0, 1, 2], [2, 0, 1]])
+    d = np.array([[7.0, 1.0, 9.0], [2.0, 2.0, 2.0], [3.0, 4.0, 1.0]])
+    d_seed = np.array([5.0, 6.0, 4.0])
+    own = d[np.arange(3), [1, 1, 0]]
+    own_afc = two_afc(own, d_seed)
+    null = null_two_afc(d, triplets, d_seed)
+    np.testing.assert_allclose(null, [0.0, 1.0, 0.75])
+    np.testing.assert_allclose(own_afc - null, [1.0, 0.0, 0.25])
+    np.testing.assert_allclose(null_two_afc(d, triplets, d_seed, ties="aligned"), [0.0, 1.0, 1.0])
+
+
+def test_null_two_afc_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="do not match"):
+        null_two_afc(np.ones((3, 3)), np.zeros((3, 2), dtype=int), np.ones(3))

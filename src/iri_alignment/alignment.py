@@ -6,7 +6,9 @@ proxy ``d``, computes per IRI ``x'`` with target ``x`` and seed ``x0``:
 - 2AFC: aligned when ``d(x', x) < d(x', x0)``; a tie counts one half
   (``scoring.ties: aligned`` restores the authors' count-as-aligned);
 - clustering: the nearest of three candidates (own target and two targets of
-  other classes, seeded) is the own target; chance 1/3.
+  other classes, seeded) is the own target; chance 1/3;
+- the null of 2AFC: the same 2AFC against the two other-class candidates
+  (``2afc_null``), and the target-specific margin ``2afc - 2afc_null``.
 
 It writes every per-IRI distance and outcome (CSV), and a summary (JSON): per
 proxy the mean, std, n and bootstrap 95% interval over targets, and the
@@ -33,6 +35,8 @@ from iri_alignment.tracking import log_metrics, start_run
 log = logging.getLogger(__name__)
 
 TASKS = ("2afc", "clustering")
+# Summarised per proxy beside the tasks: the wrong-target null of 2AFC and the margin 2AFC - null.
+NULL_COLUMNS = ("2afc_null", "2afc_margin")
 
 
 def optimised_against(meta: dict) -> str | None:
@@ -54,20 +58,24 @@ def score_iriset(iriset, proxies, *, ties: str, clustering_seed: int, bootstrap:
         d_seed = paired(proxy, iriset.iris, iriset.seed).cpu().numpy()
         d_cand = pairwise(proxy, iriset.iris, iriset.targets, index=triplets).cpu().numpy()
         outcome = {"2afc": scoring.two_afc(d_target, d_seed, ties), "clustering": scoring.clustering(d_cand, triplets)}
+        outcome["2afc_null"] = scoring.null_two_afc(d_cand, triplets, d_seed, ties)
+        outcome["2afc_margin"] = outcome["2afc"] - outcome["2afc_null"]
         frames.append(pd.DataFrame({
             "proxy": name, "index": iriset.table["index"], "target_index": iriset.table["target_index"], "label": labels,
             "rep_loss": iriset.table["rep_loss"], "converged": iriset.table["converged"],
             "seed": seed_ids(iriset.table), "d_target": d_target, "d_seed": d_seed, "2afc": outcome["2afc"],
+            "2afc_null": outcome["2afc_null"], "2afc_margin": outcome["2afc_margin"],
             **{f"candidate_{j}": triplets[:, j] for j in range(triplets.shape[1])},
             **{f"d_candidate_{j}": d_cand[:, j] for j in range(triplets.shape[1])},
             "clustering": outcome["clustering"], "optimised_against": name == against,
         }))
         summary["proxies"][name] = {
-            **{task: scoring.summarise(outcome[task], bootstrap, clustering_seed) for task in TASKS},
+            **{task: scoring.summarise(outcome[task], bootstrap, clustering_seed) for task in (*TASKS, *NULL_COLUMNS)},
             "ties": scoring.count_ties(d_target, d_seed), "optimised_against": name == against,
         }
-        log.info("%s: 2AFC %.1f%%, clustering %.1f%%", name, summary["proxies"][name]["2afc"]["mean"],
-                 summary["proxies"][name]["clustering"]["mean"])
+        got = summary["proxies"][name]
+        log.info("%s: 2AFC %.1f%% (null %.1f%%, margin %+.1f), clustering %.1f%%", name, got["2afc"]["mean"],
+                 got["2afc_null"]["mean"], got["2afc_margin"]["mean"], got["clustering"]["mean"])
     per = summary["proxies"]
     summary["over_proxies"] = {task: scoring.summarise_over_proxies({p: per[p][task]["mean"] for p in per}) for task in TASKS}
     others = {p: v for p, v in per.items() if not v["optimised_against"]}
@@ -99,7 +107,7 @@ def score(params: dict, *, iris: str | Path, proxies, out: str | Path, device) -
             table.to_csv(fh, index=False)
         write_json(out.with_suffix(".json"), summary)
         for name, s in summary["proxies"].items():
-            log_metrics({f"{task}_{name}": s[task]["mean"] for task in TASKS})
+            log_metrics({f"{task}_{name}": s[task]["mean"] for task in (*TASKS, *NULL_COLUMNS)})
         log_metrics({f"{task}_mean_over_proxies": summary["over_proxies"][task]["mean"] for task in TASKS})
     return summary
 

@@ -9,6 +9,10 @@ tie split in half); :func:`summarise` turns them into percentages.
 * **Clustering** (:func:`clustering_triplets`, :func:`clustering`): the IRI is
   the query, the candidates are its own target and two targets of other
   classes; it is correct when its own target is the nearest. Chance is 1/3.
+* **The null of 2AFC** (:func:`null_two_afc`, protocol 9): the same 2AFC with
+  a *wrong* target (the other-class candidates of the clustering triplet) in
+  place of the own one. A smooth image is closer to any target than to a
+  noise seed, so 2AFC minus its null (the *margin*) is the target-specific part.
 * **Summaries**: :func:`bootstrap_ci` (percentile bootstrap over targets),
   :func:`summarise` (one proxy), :func:`summarise_over_proxies` (mean +- std
   over proxies, the paper's cells).
@@ -91,6 +95,46 @@ def count_ties(d_target: np.ndarray | torch.Tensor, d_seed: np.ndarray | torch.T
     if dt.shape != ds.shape:
         raise ValueError(f"d_target {dt.shape} and d_seed {ds.shape} differ in shape")
     return int(_is_tie(dt, ds, atol).sum())
+
+
+def null_two_afc(
+    d_query_candidates: np.ndarray | torch.Tensor,
+    triplets: np.ndarray | torch.Tensor,
+    d_seed: np.ndarray | torch.Tensor,
+    ties: Ties = "half",
+    own_index: np.ndarray | torch.Tensor | None = None,
+) -> np.ndarray:
+    r"""Wrong-target 2AFC of every IRI: its 2AFC against each other-class candidate, averaged.
+
+    .. math::
+        n_i = \frac{1}{|W_i|} \sum_{j \in W_i} \text{2AFC}(d(x'_i, x_j), d(x'_i, x_0))
+
+    with :math:`W_i` the candidates of row ``i`` other than its own target.
+    An IRI that only left its seed (smooth, but like no target in particular)
+    scores the same against wrong targets as against its own: margin
+    :math:`o_i - n_i \approx 0`.
+
+    Args:
+        d_query_candidates: (N, K) distances from IRI i to candidate ``triplets[i, j]``.
+        triplets: (N, K) candidate target indices (:func:`clustering_triplets`).
+        d_seed: (N,) distances from each IRI to its seed.
+        ties: as :func:`two_afc` (default ``"half"``).
+        own_index: (N,) index of each IRI's own target (default ``arange(N)``).
+
+    Returns:
+        (N,) floats in [0, 1].
+    """
+    d = _as_array(d_query_candidates, "d_query_candidates", 2)
+    trip = np.asarray(triplets.detach().cpu() if isinstance(triplets, torch.Tensor) else triplets)
+    ds = _as_array(d_seed, "d_seed", 1)
+    if trip.shape != d.shape or ds.shape != (len(d),):
+        raise ValueError(f"triplets {trip.shape}, distances {d.shape} and d_seed {ds.shape} do not match")
+    own = np.arange(len(d)) if own_index is None else np.asarray(own_index)
+    wrong = trip != own[:, None]
+    if (wrong.sum(1) == 0).any():
+        raise ValueError("every row needs at least one candidate other than its own target")
+    outcomes = np.stack([two_afc(d[:, j], ds, ties) for j in range(d.shape[1])], axis=1)
+    return (outcomes * wrong).sum(1) / wrong.sum(1)
 
 
 def clustering_triplets(labels: np.ndarray | torch.Tensor | list, seed: int, n_candidates: int = 3) -> np.ndarray:
