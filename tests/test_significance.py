@@ -151,10 +151,22 @@ def test_markdown_groups_by_family(tmp_path):
     table, skipped = run_tests(outcome_frame(), proxy="ms-ssim", permutations=200, bootstrap=200)
     md = significance_markdown(table, ["architecture: none: example"], proxy="ms-ssim", alpha=0.05)
     heads = [line for line in md.splitlines() if line.startswith("## ")]
-    assert heads == ["## augmentation (2 tests, Holm over the family)", "## architecture (3 tests, Holm over the family)",
-                     "## loss (4 tests, Holm over the family)", "## regularizer (18 tests, Holm over the family)",
+    assert heads == ["## augmentation, 2AFC (2 tests, Holm over them)", "## architecture, 2AFC (3 tests, Holm over them)",
+                     "## loss, 2AFC (4 tests, Holm over them)", "## regularizer, 2AFC (18 tests, Holm over them)",
                      "## Not tested"]
     paths = write_significance(table, skipped, tmp_path, proxy="ms-ssim", alpha=0.05)
     assert [p.name for p in paths] == ["significance.csv", "significance.md"]
     back = pd.read_csv(paths[0])
     assert len(back) == len(table) and back["sentence"].str.startswith("On the same").all()
+
+
+def test_measures_name_themselves_in_table_and_sentences():
+    frame = outcome_frame()
+    margin, _ = run_tests(frame.assign(outcome=frame["outcome"] - 0.25), proxy="l2", measure="2afc_margin",
+                          permutations=200, bootstrap=200)
+    assert (margin["measure"] == "2afc_margin").all()
+    assert margin["sentence"].str.contains("beyond its wrong-target null").all()
+    md = significance_markdown(margin, [], proxy="l2", alpha=0.05)
+    assert "## augmentation, 2AFC margin" in md
+    with pytest.raises(ValueError, match="measure must be one of"):
+        run_tests(frame, proxy="l2", measure="accuracy")

@@ -2,16 +2,20 @@
 
 Every IRI set of a study inverts the same seeded targets, so two IRI sets
 (two models, or two regularizers of one model) give *paired* outcomes: one
-per target, matched by ``target_index``. An outcome is the 2AFC verdict of the
-structural proxy, ``o_i`` in {0, 1/2, 1} (1/2 is a tie). For a comparison of
-set ``a`` with set ``b`` on the targets both hold,
+per target, matched by ``target_index``. An outcome is one *measure* of the
+structural proxy (:data:`MEASURES`): the 2AFC margin (2AFC minus its
+wrong-target null, in [-1, 1]: the target-specific part of 2AFC, protocol 9),
+clustering (in {0, 1}, chance 1/3), or raw 2AFC (in {0, 1/2, 1}). The report
+tests the margin and clustering; raw 2AFC, most of which a smooth image scores
+against any target, is not tested. For a comparison of set ``a`` with set
+``b`` on the targets both hold,
 
 * the effect is the mean paired difference in percentage points,
   ``100 * mean_i (a_i - b_i)``, with a percentile bootstrap 95% interval over
   targets (:func:`iri_alignment.scoring.bootstrap_ci`);
 * the test is exact McNemar (:func:`mcnemar_exact`) when both sides are binary,
   else a paired sign-flip permutation test (:func:`sign_flip_test`);
-* p-values are Holm-corrected within each family (:func:`holm`).
+* p-values are Holm-corrected within each family and measure (:func:`holm`).
 
 Four families (:func:`run_tests`), on reg-free IRIs unless named otherwise:
 
@@ -67,7 +71,15 @@ REGULARIZER_PAIRS = (("reg-free", "human-aligned"), ("reg-free", "adversarial"),
 #: regularizer of the augmentation, architecture and loss families
 BASE_REGULARIZER = "reg-free"
 
-COLUMNS = ("family", "comparison", "a", "b", "proxy", "n_targets", "test", "statistic", "p_value", "p_holm",
+#: measure -> how a sentence says "judged aligned by it" (``{proxy}`` is filled in).
+MEASURES = {
+    "2afc_margin": "judged aligned by {proxy} 2AFC beyond its wrong-target null (2AFC margin)",
+    "clustering": "matched to their own target by {proxy} clustering",
+    "2afc": "judged aligned by {proxy} 2AFC",
+}
+MEASURE_NAMES = {"2afc_margin": "2AFC margin", "clustering": "clustering", "2afc": "2AFC"}
+
+COLUMNS = ("family", "measure", "comparison", "a", "b", "proxy", "n_targets", "test", "statistic", "p_value", "p_holm",
            "significant", "effect_pp", "ci_low", "ci_high", "discordant_a", "discordant_b", "sentence")
 
 ARCH_NAMES = {"resnet18": "ResNet18", "resnet50": "ResNet50", "vgg16": "VGG16", "densenet121": "DenseNet121",
@@ -263,7 +275,8 @@ def _format_p(p: float) -> str:
     return f"{p:.2g}"
 
 
-def _sentence(result: dict, subject_a: str, subject_b: str, proxy: str, alpha: float, note: str = "") -> str:
+def _sentence(result: dict, subject_a: str, subject_b: str, proxy: str, alpha: float, note: str = "",
+              measure: str = "2afc") -> str:
     """The plain-English sentence of one finished test.
 
     ``subject_a`` is the grammatical subject ("adversarially trained ResNet18's
@@ -279,7 +292,8 @@ def _sentence(result: dict, subject_a: str, subject_b: str, proxy: str, alpha: f
     if pd.notna(result["discordant_a"]):
         test = f"{test} on {int(result['discordant_a'])} vs {int(result['discordant_b'])} discordant targets"
     verdict = "significant" if result["p_holm"] < alpha else "not significant"
-    return (f"On the same {result['n_targets']} targets, {subject_a} were judged aligned by {proxy} 2AFC {how}; "
+    judged = MEASURES[measure].format(proxy=proxy)
+    return (f"On the same {result['n_targets']} targets, {subject_a} were {judged} {how}; "
             f"{test} p={_format_p(result['p_value'])}, Holm p={_format_p(result['p_holm'])}: {verdict} at "
             f"alpha={alpha:g}){note}.")
 
@@ -298,15 +312,16 @@ def _paired(wide: pd.DataFrame, *keys: tuple) -> pd.DataFrame | None:
     return wide.loc[:, list(keys)].dropna()
 
 
-def run_tests(outcomes: pd.DataFrame, *, proxy: str, alpha: float = 0.05, permutations: int = 10000,
+def run_tests(outcomes: pd.DataFrame, *, proxy: str, measure: str = "2afc", alpha: float = 0.05, permutations: int = 10000,
               bootstrap: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
-    """Every comparison of the four families, Holm-corrected within each family.
+    """Every comparison of the four families for one measure, Holm-corrected within each family.
 
     Args:
         outcomes: one row per (final model, regularizer, target), scored by ``proxy``, with columns
-            ``arch``, ``regime``, ``regularizer``, ``target_index`` and ``outcome`` (2AFC, in {0, 0.5, 1});
-            optional ``optimised_against`` (bool: the set was optimised against ``proxy``).
+            ``arch``, ``regime``, ``regularizer``, ``target_index`` and ``outcome`` (the ``measure``
+            of that target); optional ``optimised_against`` (bool: the set was optimised against ``proxy``).
         proxy: name of the proxy the outcomes come from (for the table and sentences).
+        measure: which per-target outcome ``outcome`` holds, a key of :data:`MEASURES` (default ``"2afc"``).
         alpha: family-wise significance level in (0, 1) (default 0.05).
         permutations: sign-flip resamples (default 10000).
         bootstrap: bootstrap resamples of the effect interval (default 2000).
@@ -318,6 +333,8 @@ def run_tests(outcomes: pd.DataFrame, *, proxy: str, alpha: float = 0.05, permut
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {', '.join(MEASURES)}, got {measure!r}")
     missing = {"arch", "regime", "regularizer", "target_index", "outcome"} - set(outcomes.columns)
     if missing:
         raise ValueError(f"outcomes lacks columns {sorted(missing)}")
@@ -345,7 +362,7 @@ def run_tests(outcomes: pd.DataFrame, *, proxy: str, alpha: float = 0.05, permut
             return
         res = paired_comparison(pair.iloc[:, 0].to_numpy(), pair.iloc[:, 1].to_numpy(), permutation_only=permutation_only,
                                 **kw)
-        rows.append({"family": family, "comparison": comparison, "a": a, "b": b, "proxy": proxy, **res,
+        rows.append({"family": family, "measure": measure, "comparison": comparison, "a": a, "b": b, "proxy": proxy, **res,
                      "_subjects": subjects, "_note": note})
 
     # augmentation: regime pairs per architecture
@@ -418,7 +435,8 @@ def run_tests(outcomes: pd.DataFrame, *, proxy: str, alpha: float = 0.05, permut
         if mask.any():
             table.loc[mask, "p_holm"] = holm(table.loc[mask, "p_value"].to_numpy())
     table["significant"] = table["p_holm"] < alpha
-    table["sentence"] = [_sentence(row, *row["_subjects"], proxy, alpha, row["_note"]) for row in table.to_dict("records")]
+    table["sentence"] = [_sentence(row, *row["_subjects"], proxy, alpha, row["_note"], measure)
+                         for row in table.to_dict("records")]
     table["family"] = pd.Categorical(table["family"], FAMILIES, ordered=True)
     table = table.sort_values("family", kind="stable").reset_index(drop=True)
     table["family"] = table["family"].astype(str)
@@ -435,27 +453,34 @@ def significance_markdown(table: pd.DataFrame, skipped: Sequence[str], *, proxy:
         proxy: the proxy the outcomes come from.
         alpha: the family-wise level used for ``significant``.
     """
-    lines = [f"# Significance of alignment differences (proxy: {proxy} 2AFC)", "",
+    lines = [f"# Significance of alignment differences (proxy: {proxy})", "",
              f"Paired tests on per-target outcomes of the same targets; Holm correction within each family at "
              f"alpha={alpha:g}; effect = mean paired difference in percentage points with a bootstrap 95% interval "
              f"over targets.", ""]
+    measures = table["measure"] if "measure" in table.columns else pd.Series("2afc", index=table.index)
     for family in FAMILIES:
-        part = table[table["family"] == family]
-        if part.empty:
-            continue
-        lines += [f"## {family} ({len(part)} tests, Holm over the family)", ""]
-        shown = pd.DataFrame({
-            "comparison": part["comparison"], "proxy": part["proxy"], "n": part["n_targets"], "test": part["test"],
-            "effect (pp)": [f"{e:+.1f} [{lo:.1f}, {hi:.1f}]" for e, lo, hi in
-                            zip(part["effect_pp"], part["ci_low"], part["ci_high"])],
-            "p": part["p_value"].map(_format_p), "Holm p": part["p_holm"].map(_format_p),
-            "significant": part["significant"].map({True: "yes", False: "no"}),
-        })
-        lines += [shown.to_markdown(index=False, disable_numparse=True), ""]
-        lines += [f"- {s}" for s in part["sentence"]] + [""]
+        for measure in MEASURES:
+            part = table[(table["family"] == family) & (measures == measure)]
+            if part.empty:
+                continue
+            lines += _family_markdown(part, f"## {family}, {MEASURE_NAMES[measure]} ({len(part)} tests, Holm over them)")
     if skipped:
         lines += ["## Not tested", ""] + [f"- {s}" for s in skipped] + [""]
     return "\n".join(lines)
+
+
+def _family_markdown(part: pd.DataFrame, heading: str) -> list[str]:
+    """One family's tests of one measure: a heading, the table, the sentences."""
+    shown = pd.DataFrame({
+        "comparison": part["comparison"], "proxy": part["proxy"], "n": part["n_targets"], "test": part["test"],
+        "effect (pp)": [f"{e:+.1f} [{lo:.1f}, {hi:.1f}]" for e, lo, hi in
+                        zip(part["effect_pp"], part["ci_low"], part["ci_high"])],
+        "p": part["p_value"].map(_format_p), "Holm p": part["p_holm"].map(_format_p),
+        "significant": part["significant"].map({True: "yes", False: "no"}),
+    })
+    lines = [heading, "", shown.to_markdown(index=False, disable_numparse=True), ""]
+    lines += [f"- {s}" for s in part["sentence"]] + [""]
+    return lines
 
 
 def write_significance(table: pd.DataFrame, skipped: Sequence[str], out_tables: str | Path, *, proxy: str,
