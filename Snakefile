@@ -28,4 +28,4 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        rules.report.output,
+        rules.validity.output,

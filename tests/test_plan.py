@@ -43,8 +43,13 @@ def test_hashes_change_only_with_their_own_settings(paper):
     reg_free = plan.inversion_hash(paper, "reg-free")
     paper["inversion"]["human_aligned"]["tv_weight"] = 0.1
     assert plan.inversion_hash(paper, "reg-free") == reg_free
+    paper["inversion"]["epochs_regularizer"] = "human-aligned"  # which checkpoints are inverted, not how
+    assert plan.inversion_hash(paper, "reg-free") == reg_free
     paper["inversion"]["iterations"] = 10
     assert plan.inversion_hash(paper, "reg-free") != reg_free
+    report = plan.report_hash(paper)
+    paper["evaluation"]["floor"]["robust"]["clean"] = 99  # the gate is part of the report
+    assert plan.report_hash(paper) != report
 
 
 def test_per_regularizer_iterations_rerun_only_that_regularizer(paper):

@@ -327,3 +327,47 @@ def test_a_final_model_replaces_the_checkpoint_of_its_epoch(tmp_path):
     assert list(ep["epoch"]) == ["1", "2"]  # the final model is at epoch 2 (metrics.json "epochs")
     assert ep.loc[1, "simclr probe acc. (%)"] == "55.00"
     assert parse(ep.loc[1, "simclr 2AFC"])[0] == pytest.approx(50.0)  # the final model's, not the checkpoint's 25
+
+
+def test_null_margin_and_the_floor_gate(tmp_path):
+    """Null and margin beside 2AFC; a model below its floor is marked in every table and left out of the tests."""
+    root = make_tree(tmp_path / "results", model_ids=("resnet18-standard", "resnet18-adversarial", "vgg16-standard",
+                                                      "vgg16-adversarial"), regularizers=["reg-free"])
+    for path in (root / "scores").glob("*/*.csv"):  # every IRI: null 1/2 (as often nearer a wrong target as the seed)
+        frame = pd.read_csv(path)
+        frame.assign(**{"2afc_null": 0.5, "2afc_margin": frame["2afc"] - 0.5}).to_csv(path, index=False)
+    floors = {"standard": {"clean": 50}, "robust": {"clean": 78, "robust": 10}, "contrastive": {"probe": 40}}
+    # resnet18-adversarial is evaluated at 75% clean (evaluation/ wins over metrics.json): below 78
+    summary, tables, _ = report(tmp_path, root, floors=floors)
+    assert summary["failed"] == {"resnet18-adversarial": "clean 75.0% < 78%"}
+    validity = json.loads((tables / "validity.json").read_text())
+    assert validity["failed"] == summary["failed"]
+    status = {m["model"]: m["status"] for m in validity["models"]}
+    assert status == {"resnet18-adversarial": "FAILED", "vgg16-adversarial": "passed", "resnet18-standard": "passed",
+                      "vgg16-standard": "passed"}
+    by_reg = pd.read_csv(tables / "alignment_by_regularizer.csv")
+    at_vgg = by_reg[(by_reg["model"] == "VGG16") & by_reg["training"].str.startswith("AT")].iloc[0]
+    assert parse(at_vgg["reg-free"])[0] == pytest.approx(100 * aligned("vgg16-adversarial", "reg-free", "ms-ssim").mean())
+    assert parse(at_vgg["reg-free null"])[0] == pytest.approx(50.0)
+    assert parse(at_vgg["reg-free margin"])[0] == pytest.approx(100 * aligned("vgg16-adversarial", "reg-free",
+                                                                              "ms-ssim").mean() - 50)
+    at_r18 = by_reg[(by_reg["model"] == "ResNet18") & by_reg["training"].str.startswith("AT")].iloc[0]
+    assert at_r18["reg-free"].endswith("✗") and not at_vgg["reg-free"].endswith("✗")
+    assert "FAILED" in (tables / "alignment_by_regularizer.md").read_text()
+    tests = pd.read_csv(tables / "significance.csv")
+    assert set(tests["measure"]) == {"2afc_margin", "clustering"}
+    assert not tests["comparison"].str.contains("resnet18: adversarial").any()
+    assert tests["comparison"].str.contains("vgg16: adversarial vs standard").sum() == 2
+    assert "resnet18-adversarial: below its accuracy floor" in (tables / "significance.md").read_text()
+    text = (tables / "summary.md").read_text()
+    assert "margin ms-ssim" in text and "✗" in text
+
+
+def test_scores_of_another_iri_set_are_named(tmp_path):
+    from iri_alignment.reporting.results import ResultsError
+
+    root = make_tree(tmp_path / "results", model_ids=("resnet18-standard", "vgg16-standard"), regularizers=["reg-free"])
+    wrong = root / "scores" / "vgg16-standard" / "reg-free.json"
+    wrong.write_text((root / "scores" / "resnet18-standard" / "reg-free.json").read_text())
+    with pytest.raises(ResultsError, match="another IRI set.*arch 'resnet18' \\(expected 'vgg16'\\)"):
+        load_results(root)

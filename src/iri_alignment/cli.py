@@ -339,6 +339,8 @@ def report_cmd(results, params_file, profile) -> None:
     """Tables (CSV, Markdown, LaTeX), figures and significance tests from every score."""
     from pathlib import Path
 
+    from iri_alignment.io import write_json
+    from iri_alignment.provenance import machine
     from iri_alignment.reporting import build_report
 
     params = _study(params_file, profile)
@@ -347,11 +349,37 @@ def report_cmd(results, params_file, profile) -> None:
                            structural_proxy=params["scoring"]["structural_proxy"], proxies=params["scoring"]["proxies"],
                            alpha=sig["alpha"], permutations=sig["permutations"], bootstrap=sig["bootstrap"],
                            seed=params["study"]["seed"], converged_below=params["inversion"]["converged_below"],
-                           epochs_regularizer=params["inversion"]["epochs_regularizer"])
-    from iri_alignment.io import write_json
-
+                           epochs_regularizer=params["inversion"]["epochs_regularizer"],
+                           floors=params["evaluation"]["floor"], machine=machine(), profile=params["profile"])
     write_json(Path(results) / "tables" / "summary.json", summary)
     click.echo(f"tables: {Path(results, 'tables').resolve()}\nfigures: {Path(results, 'figures').resolve()}")
+    if summary["failed"]:
+        from iri_alignment.validity import failure_line
+
+        log.error(failure_line(summary["failed"]))
+
+
+@cli.command("validity")
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False))
+@params_options
+def validity_cmd(results, params_file, profile) -> None:
+    """Exit 1, naming each model below its accuracy floor, unless report.allow_failed
+    (reads the report's tables/validity.json; the pipeline's last step)."""
+    from pathlib import Path
+
+    from iri_alignment.io import read_json
+    from iri_alignment.validity import failure_line
+
+    params = _study(params_file, profile)
+    path = Path(results) / "tables" / "validity.json"
+    if not path.is_file():
+        raise click.ClickException(f"{path} does not exist: run `iri report --results {results}` first")
+    failed = read_json(path)["failed"]
+    if failed and not params["report"].get("allow_failed", False):
+        raise click.ClickException(failure_line(failed))
+    if failed:
+        log.warning("report.allow_failed is set; accepted although below the floor: %s", ", ".join(sorted(failed)))
+    click.echo(f"validity: {'accepted with failures' if failed else 'every model above its floor'}")
 
 
 @cli.group("tracking")

@@ -126,6 +126,7 @@ def inversion_hash(params: dict, regularizer: str) -> str:
     inv = params["inversion"]
     common = {k: v for k, v in inv.items() if not isinstance(v, dict) or k == "targets"}
     common.pop("regularizers", None)
+    common.pop("epochs_regularizer", None)  # which checkpoints are inverted, not how: inversion_jobs reads it
     common["iterations"] = inversion_iterations(params, regularizer)
     common["restarts"] = inversion_restarts(params, regularizer)
     return params_hash({**common, "section": regularizer_section(params, regularizer), "seed": params["study"]["seed"]})
@@ -136,6 +137,6 @@ def scoring_hash(params: dict) -> str:
 
 
 def report_hash(params: dict) -> str:
-    return params_hash({"report": params["report"], "scoring": params["scoring"],
+    return params_hash({"report": params["report"], "scoring": params["scoring"], "floor": params["evaluation"]["floor"],
                         "converged_below": params["inversion"]["converged_below"],
                         "epochs_regularizer": params["inversion"]["epochs_regularizer"]})

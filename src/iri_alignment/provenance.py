@@ -19,3 +19,35 @@ def git_commit(cwd: str | None = None) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine(threads: int | None = None) -> dict:
+    """What a number was measured on: CPU model and cores, torch threads and
+    version, the GPU if any, Python, and the git commit of the code."""
+    import os
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": threads or torch.get_num_threads(),
+            "gpu": gpu, "torch": torch.__version__, "python": platform.python_version(), "git_commit": git_commit()}
+
+
+def machine_line(info: dict) -> str:
+    """``"Intel Xeon (2 cores), torch 2.14.1, 2 threads, commit abc1234"``."""
+    where = info["gpu"] or f"{info['cpu']} ({info['cores']} cores)"
+    return f"{where}, torch {info['torch']}, {info['torch_threads']} threads, commit {str(info['git_commit'])[:12]}"

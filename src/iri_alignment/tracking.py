@@ -132,6 +132,13 @@ def log_metrics(metrics: dict, step: int | None = None) -> None:
         _locked(mlflow.log_metrics, numeric, step=step)
 
 
+def set_tags(tags: dict) -> None:
+    """Tag the active run (values as strings)."""
+    import mlflow
+
+    _locked(mlflow.set_tags, {k: str(v) for k, v in tags.items()})
+
+
 def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> None:
     """Attach a file to the active run."""
     import mlflow

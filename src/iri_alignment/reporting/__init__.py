@@ -66,6 +66,7 @@ from iri_alignment.reporting.layout import (
     final_models,
 )
 from iri_alignment.reporting.results import Results, load_results
+from iri_alignment.reporting.summary import write_summary, write_validity
 from iri_alignment.reporting.tables import (
     alignment_by_regularizer_table,
     alignment_over_proxies_table,
@@ -86,7 +87,8 @@ log = logging.getLogger(__name__)
 
 def build_report(results: Path, out_tables: Path, out_figures: Path, *, structural_proxy: str, proxies: list[str],
                  alpha: float = 0.05, permutations: int = 10000, bootstrap: int = 2000, seed: int = 0,
-                 converged_below: float = 0.1, epochs_regularizer: str = "reg-free") -> dict:
+                 converged_below: float = 0.1, epochs_regularizer: str = "reg-free", floors: dict | None = None,
+                 machine: dict | None = None, profile: str | None = None) -> dict:
     """Every table, figure and significance test the results folder allows.
 
     Args:
@@ -103,13 +105,18 @@ def build_report(results: Path, out_tables: Path, out_figures: Path, *, structur
         converged_below: an IRI with rep loss above this did not converge and marks its cells (default 0.1).
         epochs_regularizer: the regularizer of the alignment-over-SimCLR-epochs table and figure
             (``inversion.epochs_regularizer``; default ``reg-free``).
+        floors: ``evaluation.floor``; a model below it is marked failed in every table and left out of
+            the significance tests (default None: no check).
+        machine: :func:`iri_alignment.provenance.machine` of the run, named in ``summary.md`` (default None).
+        profile: the params profile, named in ``summary.md`` (default None).
 
     Returns:
-        ``{"tables": [...], "figures": [...], "skipped": [...], "proxy", "headline"}``:
+        ``{"tables": [...], "figures": [...], "skipped": [...], "proxy", "headline", "failed"}``:
         paths written (str), what was skipped and why, and the headline numbers:
         ``alignment`` (final model -> regularizer -> structural-proxy 2AFC %),
         ``proxy_rank_correlation`` (Spearman with the structural proxy across models)
-        and ``significant`` (the comparisons significant after Holm) of ``n_tests``.
+        and ``significant`` (the comparisons significant after Holm) of ``n_tests``;
+        ``failed`` maps each model below its floor to the reasons.
 
     Raises:
         FileNotFoundError: ``results`` is not a folder.
@@ -117,7 +124,7 @@ def build_report(results: Path, out_tables: Path, out_figures: Path, *, structur
     out_tables, out_figures = Path(out_tables), Path(out_figures)
     out_tables.mkdir(parents=True, exist_ok=True)
     out_figures.mkdir(parents=True, exist_ok=True)
-    res = load_results(results, converged_below=converged_below)
+    res = load_results(results, converged_below=converged_below, floors=floors)
     skipped = list(res.skipped)
 
     def skip(reason: str) -> None:
@@ -157,14 +164,16 @@ def build_report(results: Path, out_tables: Path, out_figures: Path, *, structur
             tables_written += write_table(table, out_tables)
 
     final = final_models(res)
-    sig_input = res.outcomes[(res.outcomes["proxy"] == structural_proxy) & res.outcomes["model_id"].isin(final)]
-    sig_input = sig_input.assign(arch=sig_input["model_id"].map(res.models["arch"]),
-                                 regime=sig_input["model_id"].map(res.models["regime"]),
-                                 outcome=sig_input["2afc"].astype(np.float64))
-    tests, not_tested = significance.run_tests(sig_input, proxy=structural_proxy, alpha=alpha, permutations=permutations,
-                                               bootstrap=bootstrap, seed=seed)
+    validity_paths, failures = write_validity(res, floors, out_tables)
+    tables_written += validity_paths
+    for m, why in failures.items():
+        log.error("%s is below its accuracy floor (%s): not data; left out of the significance tests", m, why)
+    tests, not_tested = run_significance(res, [m for m in final if m not in failures], structural_proxy, alpha=alpha,
+                                         permutations=permutations, bootstrap=bootstrap, seed=seed)
+    not_tested += [f"{m}: below its accuracy floor ({why}); left out of every test" for m, why in sorted(failures.items())]
     tables_written += significance.write_significance(tests, not_tested, out_tables, proxy=structural_proxy, alpha=alpha)
     skipped += [f"significance: {s}" for s in not_tested]
+    tables_written += write_summary(res, cells, tests, proxies, machine, failures, out_tables, profile=profile)
 
     figures = copy_grids(res, out_figures / "grids")
     if not figures:
@@ -183,8 +192,33 @@ def build_report(results: Path, out_tables: Path, out_figures: Path, *, structur
     main = cells[(cells["proxy"] == structural_proxy) & (cells["task"] == "2afc") & cells["model_id"].isin(final)]
     alignment = {m: {g: round(float(v), 2) for g, v in zip(part["regularizer"], part["mean"])}
                  for m, part in main.groupby("model_id", sort=False)}
-    headline = {"alignment": {m: alignment[m] for m in final if m in alignment}, "proxy_rank_correlation": rho,
-                "n_tests": int(len(tests)), "significant": tests.loc[tests["significant"].astype(bool), "comparison"].tolist()}
+    margins = cells[(cells["proxy"] == structural_proxy) & (cells["task"] == "2afc_margin") & cells["model_id"].isin(final)]
+    margin = {m: {g: round(float(v), 2) for g, v in zip(part["regularizer"], part["mean"])}
+              for m, part in margins.groupby("model_id", sort=False)}
+    significant = tests[tests["significant"].astype(bool)]
+    headline = {"alignment": {m: alignment[m] for m in final if m in alignment},
+                "margin": {m: margin[m] for m in final if m in margin}, "proxy_rank_correlation": rho,
+                "n_tests": int(len(tests)),
+                "significant": [f"{c} ({significance.MEASURE_NAMES[k]})" for c, k in zip(significant["comparison"],
+                                                                                         significant["measure"])]}
     log.info("report: %d tables, %d figures, %d skipped", len(tables_written), len(figures), len(skipped))
     return {"tables": [str(p) for p in tables_written], "figures": [str(p) for p in figures], "skipped": skipped,
-            "proxy": structural_proxy, "headline": headline}
+            "proxy": structural_proxy, "headline": headline, "failed": failures, "machine": machine}
+
+
+def run_significance(res: Results, models: list[str], proxy: str, **kw) -> tuple[pd.DataFrame, list[str]]:
+    """The significance tests of ``models`` under ``proxy``, on the 2AFC margin and on clustering
+    (raw 2AFC only for scores written before the null existed): one table, Holm within each
+    family and measure."""
+    part = res.outcomes[(res.outcomes["proxy"] == proxy) & res.outcomes["model_id"].isin(models)]
+    part = part.assign(arch=part["model_id"].map(res.models["arch"]), regime=part["model_id"].map(res.models["regime"]))
+    has_margin = part["2afc_margin"].notna().all() if not part.empty else True
+    tables, skipped = [], []
+    for measure in ("2afc_margin" if has_margin else "2afc", "clustering"):
+        table, why = significance.run_tests(part.assign(outcome=part[measure].astype(np.float64)), proxy=proxy,
+                                            measure=measure, **kw)
+        tables.append(table)
+        skipped += [f"{significance.MEASURE_NAMES[measure]}: {w}" for w in why]
+    tables = [t for t in tables if not t.empty]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(significance.COLUMNS))
+    return table, skipped

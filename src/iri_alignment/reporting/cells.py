@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from iri_alignment import scoring
-from iri_alignment.reporting.layout import TASKS
+from iri_alignment.reporting.layout import NULL_TASKS, TASKS
 from iri_alignment.reporting.results import Results
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def summarise_cells(res: Results, *, bootstrap: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Every per-target cell: one row per (model, regularizer, proxy, task).
+    """Every per-target cell: one row per (model, regularizer, proxy, task); tasks are
+    ``2afc``, ``clustering`` and, where scored, ``2afc_null`` and ``2afc_margin``.
 
     Args:
         res: the loaded results.
@@ -33,7 +34,9 @@ def summarise_cells(res: Results, *, bootstrap: int = 2000, seed: int = 0) -> pd
     rows = []
     for (model_id, regularizer, proxy), part in res.outcomes.groupby(["model_id", "regularizer", "proxy"], sort=True):
         info = res.sets.loc[(model_id, regularizer)]
-        for task in TASKS:
+        for task in (*TASKS, *NULL_TASKS):
+            if part[task].isna().all():  # scored before the null existed
+                continue
             rows.append({"model_id": model_id, "regularizer": regularizer, "proxy": proxy, "task": task,
                          **scoring.summarise(part[task].to_numpy(dtype=np.float64), bootstrap, seed),
                          "n_iris": int(info["n_iris"]), "n_unconverged": int(info["n_unconverged"]),

@@ -25,7 +25,10 @@ TRAINING_LABELS = {"standard": "Standard", "adversarial": "AT", "adversarial-noa
                    "standard-simclraug": "Standard, SimCLR aug.", "trades": "TRADES", "mart": "MART", "simclr": "SimCLR",
                    "simclr-nocolor": "SimCLR, no colour", "simclr-adv": "SimCLR, adversarial"}
 UNCONVERGED, SELF_SCORED, MISSING = "†", "‡", "–"
-TASK_NAMES = {"2afc": "2AFC", "clustering": "clustering"}
+#: the wrong-target null of 2AFC and the target-specific margin 2AFC - null (protocol 9)
+NULL_TASKS = ("2afc_null", "2afc_margin")
+TASK_NAMES = {"2afc": "2AFC", "clustering": "clustering", "2afc_null": "2AFC null", "2afc_margin": "2AFC margin"}
+FAILED = "✗"
 
 
 def training_label(models: pd.DataFrame, model_id: str) -> str:
@@ -50,6 +53,12 @@ def order(values: Sequence[str], preferred: Sequence[str]) -> list[str]:
     for i, v in enumerate(preferred):
         rank.setdefault(v, i)
     return sorted(set(values), key=lambda v: (rank.get(v, len(rank)), v))
+
+
+def failed(models: pd.DataFrame, model_id: str) -> bool:
+    """The model is below its accuracy floor (``passed`` is False; NA counts as not failed)."""
+    value = models.at[model_id, "passed"] if "passed" in models.columns else pd.NA
+    return value is not pd.NA and pd.notna(value) and not bool(value)
 
 
 def final_models(res: Results) -> list[str]:

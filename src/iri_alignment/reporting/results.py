@@ -9,10 +9,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from iri_alignment import validity
 from iri_alignment.io import read_json
 from iri_alignment.plan import parse_model_id
 
 log = logging.getLogger(__name__)
+
+#: per-IRI columns a scores CSV may lack (scored before they existed): NaN then
+OPTIONAL_COLUMNS = ("2afc_null", "2afc_margin", "rep_other_min", "rep_specific")
+OUTCOME_COLUMNS = ["model_id", "regularizer", "proxy", "index", "target_index", "rep_loss", "unconverged", "2afc",
+                   "clustering", "optimised_against", *OPTIONAL_COLUMNS]
+
+
+class ResultsError(ValueError):
+    """A results folder holds something the report cannot use; the message names the file and the fix."""
 
 # -- reading the results folder ---------------------------------------------------------
 
@@ -35,12 +45,18 @@ class Results:
         models: one row per model id (index ``model_id``): ``arch``, ``regime``,
             ``epoch`` (checkpoint epoch for ``@`` ids, else NA), ``final_epoch``,
             ``dataset``, ``clean_acc``, ``robust_acc``, ``probe_acc`` (percent, NaN when
-            unknown), ``eps``, ``attack_steps``, ``accuracy_source``.
+            unknown), ``eps``, ``attack_steps``, ``accuracy_source``, ``kind``
+            (standard, robust, contrastive), ``passed`` (above its ``evaluation.floor``;
+            NA for intermediate checkpoints and when no floors were given) and
+            ``below_floor`` (why not, "" when passed).
         outcomes: one row per (model, regularizer, proxy, IRI): ``model_id``,
             ``regularizer``, ``proxy``, ``index``, ``target_index``, ``rep_loss``,
             ``unconverged`` (rep loss > ``converged_below``), ``2afc``, ``clustering``
-            (outcomes in [0, 1]), ``optimised_against``.
-        sets: one row per scored (model, regularizer): ``n_iris``, ``n_unconverged``,
+            (outcomes in [0, 1]), ``optimised_against``, ``2afc_null`` (wrong-target 2AFC in
+            [0, 1]), ``2afc_margin`` (2AFC minus null), ``rep_other_min``, ``rep_specific``
+            (the inversion's null: nearer its own target's representation than any other's).
+        sets: one row per scored (model, regularizer): ``n_iris``, ``n_unconverged``, ``n_specific``,
+            ``has_specific`` (the set recorded the inversion's null),
             ``self_proxy`` (the proxy an adversarial set was optimised against, or "").
         grids: ``(model_id, regularizer, path)`` of every IRI set's ``grid.png``.
         skipped: what could not be read, and why.
@@ -54,7 +70,7 @@ class Results:
     skipped: list[str] = field(default_factory=list)
 
 
-def _model_row(root: Path, model_id: str, meta_hint: dict | None) -> dict:
+def _model_row(root: Path, model_id: str, meta_hint: dict | None, floors: dict | None = None) -> dict:
     """Meta and accuracies of one model, from metrics.json, evaluation/<id>.json and a scores summary."""
     arch, regime, epoch = parse_model_id(model_id)
     metrics = _read_json_or_none(root / "models" / model_id / "metrics.json") or {}
@@ -65,6 +81,10 @@ def _model_row(root: Path, model_id: str, meta_hint: dict | None) -> dict:
             log.warning("%s: meta says %s=%s, the id says %s; using the meta", model_id, key, meta[key], parsed)
     source = evaluation if evaluation is not None else metrics
     probe = metrics.get("probe_test_acc", (meta_hint or {}).get("metrics", {}).get("probe_test_acc"))
+    regime_name = meta.get("regime") or regime
+    check = None
+    if floors is not None and epoch is None:
+        check = validity.floor_check({**source, "probe_test_acc": probe}, regime_name, floors)
     return {
         "model_id": model_id, "arch": meta.get("arch") or arch, "regime": meta.get("regime") or regime, "epoch": epoch,
         "final_epoch": metrics.get("epochs", meta.get("epoch") if epoch is None else None),
@@ -72,6 +92,8 @@ def _model_row(root: Path, model_id: str, meta_hint: dict | None) -> dict:
         "robust_acc": _percent(source.get("robust_acc")), "probe_acc": _percent(probe),
         "eps": source.get("eps", meta.get("eps")), "attack_steps": source.get("attack_steps"),
         "accuracy_source": "evaluation" if evaluation is not None else ("metrics" if metrics else ""),
+        "kind": validity.model_kind(regime_name), "passed": check["passed"] if check else pd.NA,
+        "below_floor": "; ".join(check["reasons"]) if check else "",
     }
 
 
@@ -96,17 +118,34 @@ def _read_scores(path: Path, summary: dict, model_id: str, regularizer: str, con
         flagged = {p for p, s in summary.get("proxies", {}).items() if s.get("optimised_against")}
         table["optimised_against"] = table["proxy"].isin(flagged)
     table["optimised_against"] = table["optimised_against"].astype(bool)
+    for column in OPTIONAL_COLUMNS:  # sets scored before the null columns existed
+        if column not in table.columns:
+            table[column] = np.nan
     table["model_id"], table["regularizer"] = model_id, regularizer
-    return table.loc[:, ["model_id", "regularizer", "proxy", "index", "target_index", "rep_loss", "unconverged", "2afc",
-                         "clustering", "optimised_against"]]
+    return table.loc[:, OUTCOME_COLUMNS]
 
 
-def load_results(results: str | Path, *, converged_below: float = 0.1) -> Results:
+def check_scores_belong(path: Path, summary: dict, model_id: str, regularizer: str) -> None:
+    """Raise ResultsError when the summary beside ``path`` says it scored another IRI set than
+    ``scores/<model_id>/<regularizer>.csv`` names (a file copied or written to the wrong place)."""
+    model = summary.get("model") or {}
+    arch, regime, epoch = parse_model_id(model_id)
+    said = {"arch": model.get("arch"), "regime": model.get("regime"), "regularizer": summary.get("regularizer")}
+    wanted = {"arch": arch, "regime": regime, "regularizer": regularizer}
+    wrong = [f"{k} {said[k]!r} (expected {wanted[k]!r})" for k in wanted if said[k] is not None and said[k] != wanted[k]]
+    if wrong:
+        raise ResultsError(f"{path}: these scores are of another IRI set ({summary.get('iris', 'unknown')}): "
+                           f"{', '.join(wrong)}. Delete {path} and {path.with_suffix('.json')} and rescore "
+                           f"(`iri score --iris results/iris/{model_id}/{regularizer} --out {path}` or snakemake).")
+
+
+def load_results(results: str | Path, *, converged_below: float = 0.1, floors: dict | None = None) -> Results:
     """Read a results folder (layout in the module docstring) into :class:`Results`.
 
     Args:
         results: the results root.
         converged_below: an IRI whose rep loss is above this did not converge (default 0.1, protocol 5).
+        floors: ``evaluation.floor`` (accuracy floors per kind of model, percent); None (default): no check.
 
     Raises:
         FileNotFoundError: ``results`` is not a folder.
@@ -125,6 +164,7 @@ def load_results(results: str | Path, *, converged_below: float = 0.1) -> Result
             log.warning(skipped[-1])
             continue
         summary = _read_json_or_none(path.with_suffix(".json")) or {}
+        check_scores_belong(path, summary, model_id, regularizer)
         table = _read_scores(path, summary, model_id, regularizer, converged_below, skipped)
         if table is not None:
             frames.append(table)
@@ -148,21 +188,22 @@ def load_results(results: str | Path, *, converged_below: float = 0.1) -> Result
     rows = []
     for model_id, hint in sorted(hints.items()):
         try:
-            rows.append(_model_row(root, model_id, hint))
+            rows.append(_model_row(root, model_id, hint, floors))
         except ValueError as err:
             skipped.append(f"model {model_id}: {err}")
             log.warning(skipped[-1])
     models = pd.DataFrame(rows, columns=["model_id", "arch", "regime", "epoch", "final_epoch", "dataset", "clean_acc",
-                                         "robust_acc", "probe_acc", "eps", "attack_steps", "accuracy_source"])
+                                         "robust_acc", "probe_acc", "eps", "attack_steps", "accuracy_source", "kind",
+                                         "passed", "below_floor"])
     models["epoch"] = models["epoch"].astype("Int64")
     models["final_epoch"] = pd.to_numeric(models["final_epoch"]).astype("Int64")
     models = models.set_index("model_id")
 
-    outcome_cols = ["model_id", "regularizer", "proxy", "index", "target_index", "rep_loss", "unconverged", "2afc",
-                    "clustering", "optimised_against"]
-    outcomes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=outcome_cols)
+    outcomes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=OUTCOME_COLUMNS)
     iris = outcomes.drop_duplicates(["model_id", "regularizer", "index"])
-    sets = iris.groupby(["model_id", "regularizer"]).agg(n_iris=("index", "size"), n_unconverged=("unconverged", "sum"))
+    sets = iris.groupby(["model_id", "regularizer"]).agg(n_iris=("index", "size"), n_unconverged=("unconverged", "sum"),
+                                                         n_specific=("rep_specific", "sum"),
+                                                         has_specific=("rep_specific", lambda v: v.notna().all()))
     self_proxy = (outcomes[outcomes["optimised_against"].astype(bool)].groupby(["model_id", "regularizer"])["proxy"]
                   .first())
     sets["self_proxy"] = self_proxy.reindex(sets.index).fillna("")

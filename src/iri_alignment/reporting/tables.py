@@ -16,12 +16,15 @@ from iri_alignment.reporting.layout import (
     ARCHS,
     AUGMENTATION_REGIMES,
     CONTRASTIVE,
+    FAILED,
     MISSING,
+    NULL_TASKS,
     REGIMES,
     SELF_SCORED,
     TASK_NAMES,
     TASKS,
     UNCONVERGED,
+    failed,
     final_models,
     model_label,
     order,
@@ -33,6 +36,11 @@ from iri_alignment.significance import arch_name
 
 log = logging.getLogger(__name__)
 
+NULL_NOTE = ("2AFC null: the same 2AFC with a target of another class (the clustering candidates) in place of the "
+             "own target. A smooth image is closer to any target than to a noise seed, so the margin (2AFC - null, "
+             "in points) is the part of 2AFC that is specific to the own target; chance of clustering is 33.3%.")
+
+
 class _Marks:
     """Formats cells and remembers which marks a table used, for its footnotes."""
 
@@ -41,6 +49,7 @@ class _Marks:
         self.converged_below = converged_below
         self.unconverged: dict[tuple[str, str], tuple[int, int]] = {}
         self.self_scored: set[tuple[str, str]] = set()
+        self.failed: set[str] = set()
         self.missing = False
 
     def text(self, cell: pd.Series | None) -> str:
@@ -57,6 +66,9 @@ class _Marks:
         if cell["self_scored"]:
             self.self_scored.add(key)
             text += SELF_SCORED
+        if failed(self.models, cell["model_id"]):
+            self.failed.add(cell["model_id"])
+            text += FAILED
         return text
 
     def footnotes(self) -> list[str]:
@@ -68,6 +80,10 @@ class _Marks:
         if self.self_scored:
             listed = "; ".join(f"{model_label(self.models, m)} {g}" for m, g in sorted(self.self_scored))
             notes.append(f"{SELF_SCORED} Scored by the proxy these IRIs were optimised against (a biased judge): {listed}.")
+        if self.failed:
+            listed = "; ".join(f"{model_label(self.models, m)}: {self.models.at[m, 'below_floor']}" for m in sorted(self.failed))
+            notes.append(f"{FAILED} FAILED: below its accuracy floor (evaluation.floor), so not data; left out of the "
+                         f"significance tests and the directions: {listed}.")
         if self.missing:
             notes.append(f"{MISSING} no data.")
         return notes
@@ -155,13 +171,23 @@ def alignment_by_regularizer_table(res: Results, cells: pd.DataFrame, proxy: str
     models = [m for m in final_models(res) if m in set(part["model_id"])]
     if not models:
         return None
-    marks, lookup = _Marks(res.models, converged_below), cell_lookup(part)
+    marks, lookup = _Marks(res.models, converged_below), cell_lookup(cells[cells["proxy"] == proxy])
     regs = regularizer_order(part)
-    frame = pd.DataFrame([{"training": training_label(res.models, m), "model": arch_name(res.models.at[m, "arch"]),
-                           "proxy": proxy, **{g: marks.text(lookup.get((m, g, proxy, "2afc"))) for g in regs}}
-                          for m in models])
-    title = (f"2AFC alignment (%) of IRIs by regularizer, judged by {proxy}: mean ± std over targets (n = targets)")
-    return Table("alignment_by_regularizer", title, frame, 2, marks.footnotes())
+    rows = []
+    for m in models:
+        row = {"training": training_label(res.models, m), "model": arch_name(res.models.at[m, "arch"]), "proxy": proxy}
+        for g in regs:
+            row[g] = marks.text(lookup.get((m, g, proxy, "2afc")))
+            for task in NULL_TASKS:
+                if (m, g, proxy, task) in lookup:
+                    row[f"{g} {TASK_NAMES[task].removeprefix('2AFC ')}"] = marks.text(lookup[(m, g, proxy, task)])
+        rows.append(row)
+    notes = marks.footnotes()
+    if any(task in set(cells["task"]) for task in NULL_TASKS):
+        notes.append(NULL_NOTE)
+    title = (f"2AFC alignment (%) of IRIs by regularizer, judged by {proxy}: mean ± std over targets (n = targets), "
+             f"with its wrong-target null and the margin 2AFC - null")
+    return Table("alignment_by_regularizer", title, pd.DataFrame(rows), 2, notes)
 
 
 def alignment_over_proxies_table(res: Results, over: pd.DataFrame, used: Sequence[str], *,
@@ -196,8 +222,10 @@ def proxies_table(res: Results, cells: pd.DataFrame, proxies: Sequence[str], *, 
     rows = []
     for m in models:
         row = {"training": training_label(res.models, m), "model": arch_name(res.models.at[m, "arch"])}
-        for task in TASKS:
+        for task in (TASKS[0], *NULL_TASKS, *TASKS[1:]):
             for p in present:
+                if task in NULL_TASKS and (m, regularizer, p, task) not in lookup:
+                    continue  # scored before the null existed
                 row[f"{TASK_NAMES[task]} {p}"] = marks.text(lookup.get((m, regularizer, p, task)))
         for key, name in (("clean_acc", "clean acc. (%)"), ("robust_acc", "robust acc. (%)")):
             value = res.models.at[m, key]
@@ -205,6 +233,8 @@ def proxies_table(res: Results, cells: pd.DataFrame, proxies: Sequence[str], *, 
             marks.missing |= not np.isfinite(value)
         rows.append(row)
     notes = marks.footnotes()
+    if any(task in set(part["task"]) for task in NULL_TASKS):
+        notes.append(NULL_NOTE)
     attacks = res.models.loc[models].dropna(subset=["eps"])
     if not attacks.empty:
         eps = ", ".join(f"{e:g}" for e in sorted(attacks["eps"].astype(float).unique()))
