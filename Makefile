@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-bytecode-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 UV_VERSION := 0.13.9
 
-.PHONY: help setup test demo bench lock clean
+.PHONY: help setup test demo calibrate bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -30,6 +30,10 @@ demo: setup  ## run the embedded study on this CPU, no network (19 minutes on 2 
 	@echo "Tables:  $(CURDIR)/results/tables/  (alignment_by_regularizer.md, proxies.md, significance.md, ...)"
 	@echo "Figures: $(CURDIR)/results/figures/ (IRI grids in grids/, alignment plots)"
 	@echo "Runs:    .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+
+CALIBRATE_PROFILE ?= embedded
+calibrate: setup  ## train every model of a profile per seed and thread count, check its targets (embedded: about 70 minutes)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/iri calibrate --profile $(CALIBRATE_PROFILE) $(CALIBRATE_ARGS)
 
 bench: setup  ## throughput benchmarks on this machine
 	$(BIN)/python -m iri_alignment.bench $(BENCH_ARGS)
