@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-bytecode-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 UV_VERSION := 0.13.9
 
-.PHONY: help setup test demo calibrate bench lock clean
+.PHONY: help setup test demo calibrate readme bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -30,6 +30,9 @@ demo: setup  ## run the embedded study on this CPU, no network (19 minutes on 2 
 	@echo "Tables:  $(CURDIR)/results/tables/  (alignment_by_regularizer.md, proxies.md, significance.md, ...)"
 	@echo "Figures: $(CURDIR)/results/figures/ (IRI grids in grids/, alignment plots)"
 	@echo "Runs:    .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+
+readme: setup  ## copy the demo's summary and the calibration table into README.md (after make demo / make calibrate)
+	$(BIN)/iri readme --readme README.md
 
 CALIBRATE_PROFILE ?= embedded
 calibrate: setup  ## train every model of a profile per seed and thread count, check its targets (embedded: about 70 minutes)

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 TASKS = ("2afc", "clustering")
 # Summarised per proxy beside the tasks: the wrong-target null of 2AFC and the margin 2AFC - null.
 NULL_COLUMNS = ("2afc_null", "2afc_margin")
+# The inversion's own null, from the IRI set (generation): copied into the scores for the report.
+INVERSION_NULL = ("rep_other_min", "rep_specific")
 
 
 def optimised_against(meta: dict) -> str | None:
@@ -68,6 +70,7 @@ def score_iriset(iriset, proxies, *, ties: str, clustering_seed: int, bootstrap:
             **{f"candidate_{j}": triplets[:, j] for j in range(triplets.shape[1])},
             **{f"d_candidate_{j}": d_cand[:, j] for j in range(triplets.shape[1])},
             "clustering": outcome["clustering"], "optimised_against": name == against,
+            **{c: iriset.table[c] for c in INVERSION_NULL if c in iriset.table.columns},
         }))
         summary["proxies"][name] = {
             **{task: scoring.summarise(outcome[task], bootstrap, clustering_seed) for task in (*TASKS, *NULL_COLUMNS)},

@@ -75,7 +75,7 @@ def _run_done(folder: Path, expected_hash: str) -> dict | None:
     return row if row.get("params_hash") == expected_hash else None
 
 
-def train_one(run: CalibrationRun, params: dict, *, params_file: str, out: Path) -> dict:
+def train_one(run: CalibrationRun, params: dict, *, params_file: str, out: Path, overrides=()) -> dict:
     """Train and evaluate one run in its own ``iri`` process; return its row."""
     seeded = {**params, "study": {**params["study"], "seed": run.seed}}
     expected = run_hash(seeded, params["data"]["dataset"], run.arch, run.regime)
@@ -86,7 +86,7 @@ def train_one(run: CalibrationRun, params: dict, *, params_file: str, out: Path)
         return done
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "iri_alignment.cli", "--threads", str(run.threads),
-           "--set", f"study.seed={run.seed}", "--set", f"study.name={params['study']['name']}-calibration",
+           *[arg for item in overrides for arg in ("--set", item)], "--set", f"study.seed={run.seed}", "--set", f"study.name={params['study']['name']}-calibration",
            "train", "--arch", run.arch, "--regime", run.regime, "--out", str(folder), "--replace-stale", "--no-progress",
            "--params", params_file, "--profile", params["profile"]]
     env = {**os.environ, "OMP_NUM_THREADS": str(run.threads)}
@@ -147,8 +147,11 @@ def to_markdown(rows: pd.DataFrame, summary: pd.DataFrame, params: dict, info: d
         summary.to_markdown(index=False, disable_numparse=True), "", runs.to_markdown(index=False, disable_numparse=True), ""])
 
 
-def calibrate(params: dict, *, params_file: str, out: str | Path, seeds=None, threads=None, models=None) -> dict:
+def calibrate(params: dict, *, params_file: str, out: str | Path, seeds=None, threads=None, models=None,
+              overrides=()) -> dict:
     """Run the calibration matrix; write ``calibration.{csv,md,json}`` into ``out``.
+
+    ``overrides`` (``KEY=VALUE``, as ``iri --set``) are passed on to every training run.
 
     Returns ``{"passed": bool, "missed": [...], "table": path}``; every run that
     misses a target is listed in ``missed``.
@@ -164,7 +167,7 @@ def calibrate(params: dict, *, params_file: str, out: str | Path, seeds=None, th
     runs = calibration_runs(params, seeds, threads, models)
     for k, run in enumerate(runs, 1):
         log.info("calibration run %d/%d", k, len(runs))
-        row = train_one(run, params, params_file=params_file, out=out)
+        row = train_one(run, params, params_file=params_file, out=out, overrides=overrides)
         missed = validity.check({m: row[m] for m in ("clean", "robust", "probe")}, targets[row["kind"]])
         rows.append({**row, "met": not missed, "missed": "; ".join(missed)})
         log.info("%s seed %d threads %d: clean %s robust %s probe %s, %.1f min%s", row["model"], row["seed"],

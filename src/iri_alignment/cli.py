@@ -269,8 +269,9 @@ def calibrate_cmd(out, seeds, thread_counts, models, params_file, profile) -> No
 
     params = _study(params_file, profile)
     ints = lambda text: [int(v) for v in text.split(",")] if text else None  # noqa: E731
+    overrides = click.get_current_context().find_root().obj["overrides"]
     result = calibrate(params, params_file=params_file, out=out, seeds=ints(seeds), threads=ints(thread_counts),
-                       models=list(models) or None)
+                       models=list(models) or None, overrides=overrides)
     click.echo(Path(result["table"]).read_text())
     if not result["passed"]:
         raise click.ClickException("calibration missed its targets:\n  " + "\n  ".join(result["missed"]))
@@ -380,6 +381,16 @@ def validity_cmd(results, params_file, profile) -> None:
     if failed:
         log.warning("report.allow_failed is set; accepted although below the floor: %s", ", ".join(sorted(failed)))
     click.echo(f"validity: {'accepted with failures' if failed else 'every model above its floor'}")
+
+
+@cli.command("readme")
+@click.option("--readme", default="README.md", show_default=True, type=click.Path(dir_okay=False, exists=True))
+def readme_cmd(readme) -> None:
+    """Fill the README's generated blocks from the files they name (results tables, calibration)."""
+    from iri_alignment.readme import fill
+
+    filled = fill(readme)
+    click.echo(f"{readme}: filled {', '.join(filled) or 'no generated block'}")
 
 
 @cli.group("tracking")
