@@ -13,7 +13,7 @@ import torch
 from iri_alignment import generation
 from iri_alignment.alignment import export_human, score
 from iri_alignment.checkpoints import save_checkpoint
-from iri_alignment.inversion import make_seed
+from iri_alignment.inversion import InversionResult, make_seed, representation_fn
 from iri_alignment.irisets import grid_image, read_iriset, to_uint8
 from iri_alignment.models import build_model
 from iri_alignment.params import load_params
@@ -96,6 +96,136 @@ def test_interrupted_inversion_resumes_without_redoing_finished_batches(study, t
     monkeypatch.setattr(generation, "invert", real)
     generation.generate(params, checkpoint=ckpt, regularizer="reg-free", out=tmp_path / "straight", device=CPU, progress=False)
     assert (tmp_path / "iris" / "iris" / "0007.png").read_bytes() == (tmp_path / "straight" / "iris" / "0007.png").read_bytes()
+
+
+def _same_iri_sets(a, b):
+    """Assert two IRI set folders hold the same files, bitwise: every PNG, results.csv,
+    meta.json, targets.json, and the exact float tensors."""
+    files = lambda root: sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())  # noqa: E731
+    assert files(a) == files(b)
+    for rel in files(a):
+        if rel.suffix == ".pt":
+            ta, tb = (torch.load(root / rel, weights_only=True) for root in (a, b))
+            assert ta.keys() == tb.keys()
+            assert all(torch.equal(ta[k], tb[k]) for k in ta), rel
+        else:
+            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+@pytest.mark.parametrize("regularizer", ["reg-free", "human-aligned"])
+def test_inversion_interrupted_mid_batch_resumes_from_its_snapshot_bitwise(study, tmp_path, monkeypatch, regularizer):
+    """Stopped right after the running batch's ``.running.pt`` snapshot, the job resumes
+    from that snapshot (not from the seed) and writes the uninterrupted run's IRI set."""
+    params, ckpt = study
+    params["inversion"]["iterations_by_regularizer"] = {regularizer: 6}
+    real = generation.invert
+    calls = []  # (batch size, iteration it started from)
+
+    def stopping(*args, on_checkpoint, state=None, **kwargs):
+        calls.append((args[1].shape[0], state["iteration"] if state else 0))
+
+        def snapshot(snap):
+            on_checkpoint(snap)
+            if len(calls) == 2 and snap["iteration"] == 4:  # batch 1, 4 of its 6 steps done
+                raise KeyboardInterrupt
+        return real(*args, on_checkpoint=snapshot, state=state, **kwargs)
+
+    monkeypatch.setattr(generation, "invert", stopping)
+    kw = {"checkpoint": ckpt, "regularizer": regularizer, "device": CPU, "progress": False}
+    with pytest.raises(KeyboardInterrupt):
+        generation.generate(params, out=tmp_path / "stopped", checkpoint_every=2, **kw)
+    partial = tmp_path / "stopped" / ".partial"
+    assert sorted(p.name for p in partial.iterdir()) == ["batch-000.pt", "batch-001.running.pt"]
+    assert torch.load(partial / "batch-001.running.pt", weights_only=True)["iteration"] == 4
+
+    generation.generate(params, out=tmp_path / "stopped", checkpoint_every=2, **kw)
+    assert calls == [(6, 0), (4, 0), (4, 4)]  # batch 0 once; batch 1 resumed at its snapshot
+    assert not partial.exists()
+
+    monkeypatch.setattr(generation, "invert", real)
+    generation.generate(params, out=tmp_path / "straight", **kw)  # default interval: no snapshot at all
+    _same_iri_sets(tmp_path / "straight", tmp_path / "stopped")
+
+
+# -- the inversion's own null (protocol 9) ------------------------------------------------------
+
+
+def test_inversion_null_by_hand():
+    distances = torch.tensor([[0.1, 0.3, 0.5],
+                              [0.2, 0.4, 0.1],
+                              [0.6, 0.6, 0.6]])
+    null = generation.inversion_null(distances, distances.diagonal().numpy())
+    np.testing.assert_allclose(null["rep_other_min"], [0.3, 0.1, 0.6])
+    np.testing.assert_allclose(null["rep_other_median"], [0.4, 0.15, 0.6])
+    assert null["rep_specific"].tolist() == [True, False, False]  # a tie is not specific
+    one = generation.inversion_null(torch.tensor([[0.0]]), np.zeros(1))
+    assert np.isnan(one["rep_other_min"]).all() and one["rep_specific"].tolist() == [False]
+    with pytest.raises(ValueError, match="needs an \\(N, N\\) distance matrix"):
+        generation.inversion_null(torch.zeros(2, 3), np.zeros(2))
+
+
+def _fake_invert(shift: int):
+    """An ``invert`` whose IRI n is target n + shift's image (within the batch), with its true rep loss."""
+
+    def fake(model, targets, seed_image, objective, **kwargs):
+        images = targets.roll(-shift, dims=0).clone()
+        model_rep = representation_fn(model)
+        model.eval()
+        with torch.no_grad():
+            rep = objective.rep_loss(model_rep, images, model_rep(targets))
+        zeros = torch.zeros(len(targets), dtype=torch.long)
+        return InversionResult(images, rep, zeros, rep, [])
+
+    return fake
+
+
+def test_iris_that_are_their_targets_are_specific(study, tmp_path, monkeypatch):
+    params, ckpt = study
+    monkeypatch.setattr(generation, "invert", _fake_invert(0))
+    summary = generation.generate(params, checkpoint=ckpt, regularizer="reg-free", out=tmp_path / "iris", device=CPU,
+                                  progress=False)
+    table = read_iriset(tmp_path / "iris").table  # through the reader scoring uses
+    assert (table["rep_loss"] == 0).all()
+    assert (table["rep_other_min"] > 0).all() and (table["rep_other_median"] >= table["rep_other_min"]).all()
+    assert table["rep_specific"].dtype == bool and table["rep_specific"].all()
+    assert summary["pct_rep_specific"] == 100.0
+    distances = torch.load(tmp_path / "iris" / "tensors.pt", weights_only=True)["rep_distances"]
+    assert distances.shape == (10, 10) and (distances.diagonal() == 0).all()
+    others = distances[~torch.eye(10, dtype=torch.bool)].view(10, 9)
+    np.testing.assert_allclose(table["rep_other_min"], others.min(1).values.numpy(), rtol=1e-6)
+
+
+def test_an_iri_that_is_another_targets_image_is_not_specific(study, tmp_path, monkeypatch):
+    params, ckpt = study
+    monkeypatch.setattr(generation, "invert", _fake_invert(1))  # IRI n is target n + 1's image
+    summary = generation.generate(params, checkpoint=ckpt, regularizer="reg-free", out=tmp_path / "iris", device=CPU,
+                                  progress=False)
+    table = read_iriset(tmp_path / "iris").table
+    assert (table["rep_loss"] > 0.01).all()
+    assert (table["rep_other_min"] < 1e-5).all()  # it is another target's representation
+    assert not table["rep_specific"].any() and summary["pct_rep_specific"] == 0.0
+
+
+def test_null_columns_are_measured_like_rep_loss_on_the_kept_iris(study, tmp_path):
+    params, ckpt = study
+    generation.generate(params, checkpoint=ckpt, regularizer="reg-free", out=tmp_path / "iris", device=CPU, progress=False)
+    table = pd.read_csv(tmp_path / "iris" / "results.csv")
+    distances = torch.load(tmp_path / "iris" / "tensors.pt", weights_only=True)["rep_distances"]
+    # the diagonal, recomputed on the float IRIs of tensors.pt, is the recorded rep loss
+    np.testing.assert_allclose(distances.diagonal().numpy(), table["rep_loss"], rtol=1e-4, atol=1e-6)
+    assert (table["rep_specific"] == (table["rep_loss"] < table["rep_other_min"])).all()
+    assert set(table.columns) >= {"rep_other_min", "rep_other_median", "rep_specific"}
+
+
+def test_a_set_written_before_the_null_columns_still_reads_and_scores(study, tmp_path):
+    params, ckpt = study
+    generation.generate(params, checkpoint=ckpt, regularizer="reg-free", out=tmp_path / "iris", device=CPU, progress=False)
+    path = tmp_path / "iris" / "results.csv"
+    old = pd.read_csv(path).drop(columns=["rep_other_min", "rep_other_median", "rep_specific"])
+    old.to_csv(path, index=False)
+    assert len(read_iriset(tmp_path / "iris").table) == 10
+    score(params, iris=tmp_path / "iris", proxies=["l2"], out=tmp_path / "scores.csv", device=CPU)
+    assert len(pd.read_csv(tmp_path / "scores.csv")) == 10
 
 
 def test_targets_are_seeded_and_balanced():

@@ -11,7 +11,7 @@ import torch
 import yaml
 from torch import nn
 
-from iri_alignment.inversion import FOURIER_EPS, FourierBasis, invert, make_seed
+from iri_alignment.inversion import FOURIER_EPS, FourierBasis, invert, make_seed, representation_distances, representation_fn
 from iri_alignment.regularizers import (
     REGULARIZERS,
     TransformDraw,
@@ -108,6 +108,48 @@ def assert_close(actual, expected, *, rtol=1.3e-6, atol=1e-5):
 
 def pixel_l2(a, b):
     return torch.linalg.vector_norm((a - b).flatten(1), dim=1)
+
+
+# -- the inversion's own null: distances to every target ---------------------------------------
+
+
+def test_representation_distances_by_hand_on_a_linear_model():
+    """rep(x) = P (x - 0.5) / 0.25 with orthonormal rows P: D[i, j] = ||P (x'_i - x_j)|| / ||P (x_j - 0.5)||."""
+    model = LinearRep()
+    targets, images = targets_for((3, 4, 4), n=4, seed=2), targets_for((3, 4, 4), n=3, seed=5)
+    P = model.P.double()
+    diff = images.double().flatten(1)[:, None, :] - targets.double().flatten(1)[None, :, :]  # (3, 4, 48)
+    expected = (torch.linalg.vector_norm(diff @ P.T, dim=2)
+                / torch.linalg.vector_norm((targets.double().flatten(1) - 0.5) @ P.T, dim=1))
+    d = representation_distances(model, images, targets, batch_size=2)
+    assert d.shape == (3, 4)
+    assert_close(d.double(), expected)
+    # unnormalised inputs, as the faithful adversarial objective feeds them
+    model.normalize_calls.clear()
+    raw = representation_distances(model, images, targets, normalize=False)
+    assert set(model.normalize_calls) == {False}
+    expected_raw = (torch.linalg.vector_norm(diff @ P.T, dim=2)
+                    / torch.linalg.vector_norm(targets.double().flatten(1) @ P.T, dim=1))
+    assert_close(raw.double(), expected_raw)
+
+
+def test_representation_distances_are_the_rep_loss_against_each_target(tiny_model):
+    targets, images = targets_for((3, 32, 32), n=4, seed=2), targets_for((3, 32, 32), n=3, seed=5)
+    was_training = tiny_model.training
+    tiny_model.train()
+    d = representation_distances(tiny_model, images, targets, batch_size=2)
+    assert tiny_model.training  # its mode is restored
+    tiny_model.eval()
+    model_rep = representation_fn(tiny_model)
+    with torch.no_grad():
+        for j in range(4):
+            own = rep_loss(model_rep, images, model_rep(targets[j:j + 1]).expand(3, -1))
+            assert_close(d[:, j], own)
+    tiny_model.train(was_training)
+    # images that are the targets: 0 on the diagonal, above 0 elsewhere
+    d = representation_distances(tiny_model, targets, targets)
+    assert (d.diagonal() == 0).all()
+    assert (d[~torch.eye(4, dtype=torch.bool)] > 0).all()
 
 
 # -- the optimiser --------------------------------------------------------------------------

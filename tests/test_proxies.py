@@ -14,7 +14,9 @@ import lpips
 import numpy as np
 import pytest
 import pytorch_msssim
+import scipy.signal
 import torch
+import torch.nn.functional as F
 import torchvision
 from skimage.metrics import structural_similarity
 
@@ -155,6 +157,147 @@ def test_ms_ssim_equals_pytorch_msssim_in_the_standard_configuration():
     ours = MSSSIMProxy(win_size=11)(x, y)
     ref = 1 - pytorch_msssim.ms_ssim(x, y, data_range=1.0, size_average=False, weights=weights.tolist())
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+
+
+# Wang, Simoncelli & Bovik (2003): the exponents of the five scales, finest first
+PUBLISHED_MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def _gaussian_taps(win_size: int = 7, win_sigma: float = 1.5) -> np.ndarray:
+    """The 1-D Gaussian window in float64, normalised to sum 1."""
+    taps = np.arange(win_size) - win_size // 2
+    g = np.exp(-(taps**2) / (2 * win_sigma**2))
+    return g / g.sum()
+
+
+def _ms_ssim_float64() -> MSSSIMProxy:
+    """The 32 px proxy with its window in exact float64.
+
+    The proxy builds its window in float32 (sum 1 + 4e-8 in float64), and the variance
+    E[x^2] - mu^2 magnifies that by mu^2 / C2 (up to ~1e3): in float64 the stock proxy
+    differs from the exact formulas by up to ~1e-5 on flat images, which would hide a
+    real error in the comparisons below. The float32 proxy, as used, is compared too.
+    """
+    proxy = get_proxy("ms-ssim")
+    proxy.window = torch.from_numpy(_gaussian_taps(proxy.win_size, proxy.win_sigma)).view(1, 1, 1, -1)
+    return proxy
+
+
+def _ms_ssim_distance_reference(x: np.ndarray, y: np.ndarray, *, win_size: int = 7, win_sigma: float = 1.5,
+                                weights=PUBLISHED_MS_SSIM_WEIGHTS, K=(0.01, 0.03), data_range: float = 1.0) -> float:
+    """1 - MS-SSIM of two (C, H, W) float64 images, from the published formulas in NumPy/SciPy,
+    configured as :class:`MSSSIMProxy` documents it.
+
+    Per scale j = 1..M, with a ``win_size``-tap Gaussian window of std ``win_sigma``
+    (normalised to sum 1, applied without padding: "valid"), local means mu, population
+    variances sigma^2 = E[x^2] - mu^2 and covariance sigma_xy:
+
+        l_j  = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1)         (luminance)
+        cs_j = (2 sigma_xy + C2) / (sigma_x^2 + sigma_y^2 + C2)    (contrast * structure, C3 = C2 / 2)
+
+    C1 = (K1 L)^2, C2 = (K2 L)^2, L = data_range. MS-SSIM per channel is
+    mean(l_M cs_M)^beta_M * prod_{j<M} mean(cs_j)^beta_j, each mean clamped at 0; the
+    luminance enters at the coarsest scale M only. Scale j+1 is scale j averaged over
+    2x2 blocks; M counts the scales whose side is at least the window, at most 5; beta
+    is the first M published weights renormalised to sum 1. Channels are averaged.
+    """
+    g = _gaussian_taps(win_size, win_sigma)
+    window = np.outer(g, g)
+    c1, c2 = (K[0] * data_range) ** 2, (K[1] * data_range) ** 2
+    sides, side = [], min(x.shape[-2:])
+    while len(sides) < len(weights) and side >= win_size:
+        sides.append(side)
+        side = math.ceil(side / 2)
+    m = len(sides)
+    beta = np.asarray(weights[:m], dtype=np.float64) / np.sum(weights[:m])
+
+    def local(im):
+        return scipy.signal.correlate2d(im, window, mode="valid")
+
+    def halve(im):
+        h, w = im.shape
+        assert h % 2 == 0 and w % 2 == 0, "the reference halves even sides only"
+        return im.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    per_channel = []
+    for a, b in zip(x, y):
+        value = 1.0
+        for j in range(m):
+            mu_a, mu_b = local(a), local(b)
+            var_a, var_b = local(a * a) - mu_a**2, local(b * b) - mu_b**2
+            cov = local(a * b) - mu_a * mu_b
+            cs = (2 * cov + c2) / (var_a + var_b + c2)
+            if j < m - 1:
+                value *= max(cs.mean(), 0.0) ** beta[j]
+                a, b = halve(a), halve(b)
+            else:
+                luminance = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
+                value *= max((luminance * cs).mean(), 0.0) ** beta[j]
+        per_channel.append(value)
+    return 1.0 - float(np.mean(per_channel))
+
+
+def _ms_ssim_32px_pairs() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Random and structured 32 px image pairs, (N, 3, 32, 32) each."""
+    structured = _structured()
+    return {
+        "random-vs-noisy": (_rand(3, 3, 32, 32, seed=4), _noisy(_rand(3, 3, 32, 32, seed=4), 0.1, seed=5)),
+        "random-vs-very-noisy": (_rand(3, 3, 32, 32, seed=6), _noisy(_rand(3, 3, 32, 32, seed=6), 0.4, seed=7)),
+        "structured-vs-noisy": (structured, _noisy(structured, 0.05)),
+        "structured-vs-other-structured": (structured, structured.roll(1, dims=0)),
+        "structured-vs-blurred": (structured, F.avg_pool2d(structured, 3, stride=1, padding=1, count_include_pad=False)),
+        "structured-vs-negative": (structured, 1 - structured),  # some cs < 0: clamped, distance 1
+    }
+
+
+def test_ms_ssim_32px_configuration_is_the_documented_one():
+    proxy = get_proxy("ms-ssim")
+    assert (proxy.win_size, proxy.win_sigma, proxy.K) == (7, 1.5, (0.01, 0.03))
+    assert proxies.MS_SSIM_WEIGHTS == PUBLISHED_MS_SSIM_WEIGHTS
+    np.testing.assert_allclose(proxy.window.squeeze().double().numpy(), _gaussian_taps(), rtol=0, atol=1e-7)
+    assert proxy.scales(32) == 3  # 32, 16, 8 px; 4 px is below the window
+    beta = np.array(PUBLISHED_MS_SSIM_WEIGHTS[:3]) / sum(PUBLISHED_MS_SSIM_WEIGHTS[:3])
+    np.testing.assert_allclose(beta, [0.0711, 0.4530, 0.4760], atol=1e-4)  # the docstring's 32 px weights
+
+
+@pytest.mark.parametrize("case", list(_ms_ssim_32px_pairs()))
+def test_ms_ssim_at_32_px_matches_a_numpy_reference_of_the_published_formulas(case):
+    x, y = _ms_ssim_32px_pairs()[case]
+    ref = np.array([_ms_ssim_distance_reference(a.double().numpy(), b.double().numpy()) for a, b in zip(x, y)])
+    np.testing.assert_allclose(_ms_ssim_float64()(x.double(), y.double()).numpy(), ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(get_proxy("ms-ssim")(x, y).numpy(), ref, rtol=0, atol=2e-5)  # float32, as used
+    if case == "structured-vs-negative":
+        assert (ref == 1.0).any()
+
+
+def test_ms_ssim_at_32_px_by_hand():
+    proxy = _ms_ssim_float64()
+    beta_coarsest = 0.3001 / (0.0448 + 0.2856 + 0.3001)
+    c1 = 0.01**2
+    # identical images: every l and cs is 1, the distance 0
+    x = _structured()
+    torch.testing.assert_close(proxy(x.double(), x.double()), torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(get_proxy("ms-ssim")(x, x), torch.zeros(3), atol=1e-6, rtol=0)  # float32, as used
+    # flat images a and a + c: zero variances give cs = C2 / C2 = 1 at every scale, so only the
+    # coarsest scale's luminance l = (2a(a + c) + C1) / (a^2 + (a + c)^2 + C1) is left
+    for a, c in ((0.4, 0.1), (0.2, 0.5), (0.9, -0.3)):
+        flat = torch.full((1, 3, 32, 32), a, dtype=torch.float64)
+        luminance = (2 * a * (a + c) + c1) / (a**2 + (a + c) ** 2 + c1)
+        expected = 1 - luminance**beta_coarsest
+        torch.testing.assert_close(proxy(flat, flat + c), torch.full((1,), expected, dtype=torch.float64),
+                                   atol=1e-12, rtol=0)
+    # a constant offset of a structured image changes the luminance only: cs = 1 at every
+    # scale, and the distance is 1 - mean(l_M)^beta_M at the coarsest (8 px) scale
+    x = 0.2 + 0.5 * _structured().double()
+    offset = 0.15
+    coarse = F.avg_pool2d(F.avg_pool2d(x, 2), 2)  # 32 -> 16 -> 8 px
+    g = torch.from_numpy(_gaussian_taps())
+    window = torch.outer(g, g).expand(3, 1, 7, 7)
+    mu = F.conv2d(coarse, window, groups=3)  # (N, 3, 2, 2): local means at the coarsest scale
+    luminance = (2 * mu * (mu + offset) + c1) / (mu**2 + (mu + offset) ** 2 + c1)
+    expected = 1 - (luminance.flatten(2).mean(-1) ** beta_coarsest).mean(1)
+    torch.testing.assert_close(proxy(x, x + offset), expected, atol=1e-12, rtol=0)
+    assert (proxy(x, x + offset) > 0).all()
 
 
 def test_l2_is_root_mean_square_difference():

@@ -139,6 +139,98 @@ def test_sigkill_then_resume_gives_the_same_weights_as_an_uninterrupted_run(repo
 
 def test_attack_radius_warm_up_ramps_linearly_then_holds():
     cfg = {"attack": {"eps": 1.5, "steps": 1, "eps_warmup_epochs": 3}}
-    assert [training.warmed_up(cfg, e)["attack"]["eps"] for e in (1, 2, 3, 4)] == pytest.approx([0.5, 1.0, 1.5, 1.5])
+    assert [training.warmed_up(cfg, e)["attack"]["eps"] for e in (1, 2, 3, 4, 5)] == pytest.approx([0.0, 0.5, 1.0, 1.5, 1.5])
     plain = {"attack": {"eps": 1.5, "steps": 1}}
     assert training.warmed_up(plain, 1) is plain
+
+
+# -- each supervised regime trains with its own loss ------------------------------------------
+
+
+@pytest.fixture
+def batch_setup(repo):
+    """Smoke params, a tiny untrained ResNet18 and one random batch (no data on disk)."""
+    from iri_alignment.models import build_model
+
+    params = load_params(repo / "params.yaml", "smoke")
+    torch.manual_seed(0)
+    model = build_model("shapes", "resnet18", width=0.0625).train()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+    return params, model, x, y
+
+
+def _batch_loss(params, model, x, y, regime, settings_of=None):
+    """The regime's loss on a fresh copy of ``model`` (train-mode BN updates stay in the copy)
+    with the attack generator seeded alike for every regime; ``settings_of`` (default: the
+    regime itself) names the regime whose settings (attack, beta) are used."""
+    import copy
+
+    cfg = training.regime_config(params, settings_of or regime)
+    loss, logits = training.supervised_batch_loss(copy.deepcopy(model), x, y, cfg, regime, torch.Generator().manual_seed(0))
+    assert logits.shape == (len(y), 10) and loss.dim() == 0 and torch.isfinite(loss)
+    return loss.item()
+
+
+def test_every_supervised_regime_trains_with_its_own_loss(batch_setup):
+    params, model, x, y = batch_setup
+    assert set(training.SUPERVISED_LOSSES) == set(training.SUPERVISED)
+    loss = {regime: _batch_loss(params, model, x, y, regime) for regime in training.SUPERVISED}
+    assert loss["standard"] == loss["standard-simclraug"]  # the same CE; only the augmentation differs
+    assert loss["adversarial"] > loss["standard"] + 1e-4  # the PGD adversary raises the CE
+    # the noaug variant is adversarial training without augmentation: the same loss function
+    assert training.SUPERVISED_LOSSES["adversarial-noaug"] is training.SUPERVISED_LOSSES["adversarial"]
+    assert _batch_loss(params, model, x, y, "adversarial-noaug", settings_of="adversarial") == loss["adversarial"]
+    assert training.SUPERVISED_LOSSES["trades"] is not training.SUPERVISED_LOSSES["mart"]
+    for regime in ("trades", "mart"):
+        for other in ("standard", "adversarial"):
+            assert abs(loss[regime] - loss[other]) > 1e-4, (regime, other, loss)
+    assert abs(loss["trades"] - loss["mart"]) > 1e-4, loss
+
+
+@pytest.mark.parametrize("regime", ["simclr", "adverserial", "none"])
+def test_supervised_batch_loss_refuses_a_regime_it_does_not_name(batch_setup, regime):
+    params, model, x, y = batch_setup
+    cfg = training.regime_config(params, "adversarial")  # settings that PGD training would accept
+    with pytest.raises(ValueError, match=f"no supervised loss for regime '{regime}'.*standard.*mart"):
+        training.supervised_batch_loss(model, x, y, cfg, regime, torch.Generator().manual_seed(0))
+
+
+# -- SimCLR: stopped after epoch 1 of 2, resumed -----------------------------------------------
+
+
+def test_simclr_stopped_after_one_epoch_resumes_to_the_same_weights(smoke, tmp_path, monkeypatch):
+    """Contrastive state (backbone, head, LARS momentum, warm-up/cosine schedule) survives
+    ``last.pt``: a run stopped after epoch 1 of 2 and rerun ends with an uninterrupted run's weights."""
+    assert training.regime_config(smoke, "simclr")["epochs"] == 2
+    kw = {"arch": "resnet18", "regime": "simclr", "device": torch.device("cpu"), "progress": False, "evaluate": False}
+    train(smoke, out=tmp_path / "straight", **kw)
+
+    real = training.train_contrastive_epoch
+
+    def stop_in_epoch_2(*args, epoch, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt  # stopped after epoch 1's last.pt was written
+        return real(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(training, "train_contrastive_epoch", stop_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(smoke, out=tmp_path / "stopped", **kw)
+    assert load_checkpoint(tmp_path / "stopped" / "last.pt").meta["epoch"] == 1
+    assert not (tmp_path / "stopped" / "model.pt").exists()
+
+    epochs_run = []
+    monkeypatch.setattr(training, "train_contrastive_epoch",
+                        lambda *a, epoch, **k: epochs_run.append(epoch) or real(*a, epoch=epoch, **k))
+    train(smoke, out=tmp_path / "stopped", **kw)
+    assert epochs_run == [2]  # resumed, not started again
+
+    for name in ("last.pt", "model.pt"):
+        a, b = load_checkpoint(tmp_path / "straight" / name), load_checkpoint(tmp_path / "stopped" / name)
+        assert a.model.keys() == b.model.keys()
+        for key in a.model:
+            assert torch.equal(a.model[key], b.model[key]), (name, key)
+    a, b = (load_checkpoint(tmp_path / run / "last.pt").state for run in ("straight", "stopped"))
+    for key, value in a["trainable"].items():  # the projection head too, not only the classifier
+        assert torch.equal(value, b["trainable"][key]), key
+    assert a["scheduler"] == b["scheduler"]

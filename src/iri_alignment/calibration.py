@@ -7,7 +7,8 @@ trainability amplifies that (the embedded AT VGG16 once reached 76.6% clean
 on one machine and stayed at chance, 13.2%, on another). So every model of
 the profile is trained once per seed in ``calibration.seeds`` and per torch
 thread count in ``calibration.threads`` (a different reduction order stands
-in for a different CPU), each in its own ``iri train`` process, and checked
+in for a different CPU), each in its own ``iri train`` process (as many side
+by side as the cores allow: two 1-thread runs on 2 cores), and checked
 against ``calibration.targets`` (:mod:`iri_alignment.validity`). The table
 gives every run and, per model, the worst run's margin to its targets.
 
@@ -24,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,11 +165,20 @@ def calibrate(params: dict, *, params_file: str, out: str | Path, seeds=None, th
     if data["dataset"] != "imagenet":
         prepare(data["dataset"], data["root"], shapes=data["shapes"], download=True)
     targets = params["calibration"]["targets"]
-    rows = []
     runs = calibration_runs(params, seeds, threads, models)
-    for k, run in enumerate(runs, 1):
-        log.info("calibration run %d/%d", k, len(runs))
-        row = train_one(run, params, params_file=params_file, out=out, overrides=overrides)
+    done: dict[CalibrationRun, dict] = {}
+    cores = os.cpu_count() or 1
+    for count in sorted({r.threads for r in runs}):
+        group = [r for r in runs if r.threads == count]
+        side_by_side = max(1, cores // count)  # fill the cores: two 1-thread runs at once on 2 cores
+        log.info("%d runs with %d thread(s), %d at a time", len(group), count, side_by_side)
+        with ThreadPoolExecutor(side_by_side) as pool:
+            futures = {r: pool.submit(train_one, r, params, params_file=params_file, out=out, overrides=overrides)
+                       for r in group}
+            done.update({r: f.result() for r, f in futures.items()})
+    rows = []
+    for run in runs:
+        row = done[run]
         missed = validity.check({m: row[m] for m in ("clean", "robust", "probe")}, targets[row["kind"]])
         rows.append({**row, "met": not missed, "missed": "; ".join(missed)})
         log.info("%s seed %d threads %d: clean %s robust %s probe %s, %.1f min%s", row["model"], row["seed"],

@@ -185,6 +185,58 @@ def representation_fn(model: nn.Module, fake_relu: bool = True) -> ModelRep:
     return model_rep
 
 
+def representation_distances(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    normalize: bool = True,
+    fake_relu: bool = True,
+    batch_size: int = 100,
+) -> torch.Tensor:
+    r"""The rep loss of every image against every target's representation.
+
+    .. math::  D_{ij} = \lVert g(x'_i) - g(x_j) \rVert_2 \,/\, \max(\lVert g(x_j) \rVert_2, 10^{-12})
+
+    the normalised distance of :func:`iri_alignment.regularizers.rep_loss`, so
+    that ``D[i, i]`` is image i's rep loss against its own target and the other
+    entries of row i are its distances to the other targets (protocol 9, the
+    inversion's own null).
+
+    Args:
+        model: a classifier with ``represent(x, fake_relu=..., normalize=...)``;
+            it runs in eval mode (its previous mode is restored), without gradient.
+        images: (N, C, H, W) in [0, 1], e.g. an IRI set's IRIs.
+        targets: (M, C, H, W) in [0, 1]; moved to the device of ``images``.
+        normalize: whether the model sees dataset-normalised inputs (default
+            True; pass the objective's ``normalize`` so that the distances are
+            those of its rep loss).
+        fake_relu: passed to ``model.represent`` (default True; it changes
+            gradients only, not values).
+        batch_size: images per forward pass (default 100).
+
+    Returns:
+        (N, M) float tensor on the device of ``images``.
+    """
+    model_rep = representation_fn(model, fake_relu)
+
+    def represent(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model_rep(x[k:k + batch_size], normalize=normalize) for k in range(0, len(x), batch_size)])
+
+    targets = targets.to(device=images.device, dtype=images.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            image_rep, target_rep = represent(images), represent(targets)
+            target_norm = torch.linalg.vector_norm(target_rep, dim=1).clamp_min(1e-12)
+            # row by row, as rep_loss computes it (a difference, then its norm)
+            rows = [torch.linalg.vector_norm(rep - target_rep, dim=1) / target_norm for rep in image_rep]
+    finally:
+        model.train(was_training)
+    return torch.stack(rows)
+
+
 @dataclass
 class InversionResult:
     """What :func:`invert` returns, per target.

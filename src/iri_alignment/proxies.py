@@ -262,8 +262,8 @@ class MSSSIMProxy(Proxy):
     and :math:`M` is the number of scales whose side is at least the window,
     capped at 5: ``M = 3`` at 32 px (32, 16, 8) and ``M = 5`` at 224 px
     (224 .. 14). The weights are the first :math:`M` standard weights
-    ``MS_SSIM_WEIGHTS`` renormalised to sum to 1 (at 32 px: 0.071, 0.452,
-    0.475), so the coarse scales, where the seed's pixel noise is averaged
+    ``MS_SSIM_WEIGHTS`` renormalised to sum to 1 (at 32 px: 0.071, 0.453,
+    0.476), so the coarse scales, where the seed's pixel noise is averaged
     out, dominate as in the standard metric. At 224 px this is the standard
     metric apart from the window size.
 

@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from iri_alignment import attacks, augment
+from iri_alignment import attacks, augment, validity
 from iri_alignment.checkpoints import CheckpointError, check_expected, load_checkpoint, save_checkpoint
 from iri_alignment.data.loading import open_split
 from iri_alignment.io import write_json
 from iri_alignment.models import build_model
 from iri_alignment.params import params_hash
-from iri_alignment.tracking import log_metrics, start_run
+from iri_alignment.tracking import log_metrics, set_tags, start_run
 
 log = logging.getLogger(__name__)
 
@@ -98,24 +98,80 @@ def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
 # -- one epoch -----------------------------------------------------------------------
 
 
-def supervised_batch_loss(model, x, y, cfg: dict, regime: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss of one augmented batch and the logits it was computed from."""
-    if regime in ("standard", "standard-simclraug"):
-        logits = model(x)
-        return F.cross_entropy(logits, y), logits
+def _clean_loss(model, x, y, cfg: dict, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``standard`` and ``standard-simclraug``: CE(f(x), y) on the (augmented) batch itself."""
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+def _attack_kwargs(cfg: dict, gen: torch.Generator) -> dict:
+    """The l2 PGD settings of ``cfg["attack"]`` as keyword arguments of :mod:`iri_alignment.attacks`."""
     attack = cfg["attack"]
-    kw = {"eps": attack["eps"], "steps": attack["steps"], "step_size": attack_step(attack), "generator": gen}
-    if regime in ("trades", "mart"):
-        loss_fn = attacks.trades_loss if regime == "trades" else attacks.mart_loss
-        loss = loss_fn(model, x, y, beta=cfg["beta"], **kw)
-        with torch.no_grad(), attacks.eval_mode(model):  # logits for the accuracy only
-            return loss, model(x)
-    # adversarial training: the attack runs in eval mode (BN statistics are not
-    # polluted by adversaries), the update in train mode
+    return {"eps": attack["eps"], "steps": attack["steps"], "step_size": attack_step(attack), "generator": gen}
+
+
+def _adversarial_loss(model, x, y, cfg: dict, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``adversarial`` and ``adversarial-noaug`` (Madry et al.): CE(f(x*), y), x* the l2 PGD adversary.
+
+    The attack runs in eval mode (BN statistics are not polluted by
+    adversaries), the update in the caller's (train) mode.
+    """
     with attacks.eval_mode(model):
-        x_adv = attacks.pgd_l2(model, x, y, random_start=attack.get("random_start", False), **kw)
+        x_adv = attacks.pgd_l2(model, x, y, random_start=cfg["attack"].get("random_start", False),
+                               **_attack_kwargs(cfg, gen))
     logits = model(x_adv)
     return F.cross_entropy(logits, y), logits
+
+
+def _trades_loss(model, x, y, cfg: dict, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``trades``: :func:`iri_alignment.attacks.trades_loss` with ``cfg["beta"]``; clean eval-mode logits."""
+    loss = attacks.trades_loss(model, x, y, beta=cfg["beta"], **_attack_kwargs(cfg, gen))
+    with torch.no_grad(), attacks.eval_mode(model):  # logits for the accuracy only
+        return loss, model(x)
+
+
+def _mart_loss(model, x, y, cfg: dict, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mart``: :func:`iri_alignment.attacks.mart_loss` with ``cfg["beta"]``; clean eval-mode logits."""
+    loss = attacks.mart_loss(model, x, y, beta=cfg["beta"], **_attack_kwargs(cfg, gen))
+    with torch.no_grad(), attacks.eval_mode(model):  # logits for the accuracy only
+        return loss, model(x)
+
+
+#: the loss of one batch for every supervised regime; the regimes differ only
+#: in this (their augmentation comes from ``regime_config``'s ``augment``)
+SUPERVISED_LOSSES = {
+    "standard": _clean_loss,
+    "standard-simclraug": _clean_loss,
+    "adversarial": _adversarial_loss,
+    "adversarial-noaug": _adversarial_loss,
+    "trades": _trades_loss,
+    "mart": _mart_loss,
+}
+
+
+def supervised_batch_loss(model, x, y, cfg: dict, regime: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss of one augmented batch and the logits it was computed from.
+
+    Args:
+        model: the classifier, in train mode.
+        x: the (augmented) batch, (N, C, H, W) in [0, 1]; y: its labels, (N,).
+        cfg: the regime's settings (:func:`regime_config`): ``attack`` for the
+            adversarial regimes, also ``beta`` for trades and mart.
+        regime: one of :data:`SUPERVISED`; chooses the loss in :data:`SUPERVISED_LOSSES`.
+        gen: CPU generator of the attack's random start.
+
+    Returns:
+        ``(loss, logits)``: the scalar loss to descend and logits for the training accuracy.
+
+    Raises:
+        ValueError: ``regime`` is not a supervised regime.
+    """
+    try:
+        loss_fn = SUPERVISED_LOSSES[regime]
+    except KeyError:
+        raise ValueError(f"no supervised loss for regime {regime!r}: choose one of {', '.join(SUPERVISED_LOSSES)} "
+                         f"(contrastive regimes train through train_contrastive_epoch)") from None
+    return loss_fn(model, x, y, cfg, gen)
 
 
 def augmentation_config(params: dict, name: str) -> dict | None:
@@ -125,14 +181,17 @@ def augmentation_config(params: dict, name: str) -> dict | None:
 
 
 def warmed_up(cfg: dict, epoch: int) -> dict:
-    """The regime's settings for ``epoch`` with the attack radius ramped up
-    linearly over ``attack.eps_warmup_epochs`` epochs (0, the default: off).
-    A curriculum like this lets thin plain networks (VGG at small width)
-    start learning under large-radius attacks instead of sitting at chance."""
+    """The regime's settings for ``epoch`` (from 1) with the attack radius ramped
+    up linearly over ``attack.eps_warmup_epochs = W`` epochs (0, the default: off):
+    ``eps * min(1, (epoch - 1) / W)``, so epoch 1 trains on clean images and
+    epoch ``W + 1`` on the full radius. The curriculum lets thin plain networks
+    (VGG16 at width 0.125) learn features before the attack, instead of sitting
+    at chance: a ramp that started at ``eps / W`` left the embedded AT VGG16 at
+    chance for one setting out of three (docs/calibration.md)."""
     attack = cfg.get("attack")
     if not attack or not attack.get("eps_warmup_epochs"):
         return cfg
-    scale = min(1.0, epoch / attack["eps_warmup_epochs"])
+    scale = min(1.0, (epoch - 1) / attack["eps_warmup_epochs"])
     return {**cfg, "attack": {**attack, "eps": attack["eps"] * scale}}
 
 
@@ -225,8 +284,13 @@ def evaluate_checkpoint(params: dict, checkpoint: str | Path, *, device, attack_
                                      step_factor=params["evaluation"]["step_factor"],
                                      batch_size=params["data"]["eval_batch_size"], device=device, limit=limit, progress=True)
         log_metrics(result)
-    result = {"checkpoint": str(checkpoint), "dataset": meta["dataset"], "arch": meta["arch"], "regime": meta["regime"],
-              "width": meta["width"], **{k: v for k, v in meta["metrics"].items() if k.startswith("probe")}, **result}
+        result = {"checkpoint": str(checkpoint), "dataset": meta["dataset"], "arch": meta["arch"], "regime": meta["regime"],
+                  "width": meta["width"], **{k: v for k, v in meta["metrics"].items() if k.startswith("probe")}, **result}
+        result["validity"] = validity.floor_check(result, meta["regime"], params["evaluation"]["floor"])
+        set_tags({"validity": "passed" if result["validity"]["passed"] else "failed"})
+        if not result["validity"]["passed"]:
+            log.error("%s-%s is below its accuracy floor (evaluation.floor): %s; it is not data", meta["arch"],
+                      meta["regime"], ", ".join(result["validity"]["reasons"]))
     if out:
         write_json(out, result)
     return result
