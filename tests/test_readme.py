@@ -1,7 +1,5 @@
 """The README's generated blocks come from the files they name."""
 
-import pytest
-
 from iri_alignment.readme import fill
 
 
@@ -11,14 +9,15 @@ def test_fill_replaces_only_the_marked_blocks(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- BEGIN generated: results/summary.md -->\nold numbers\n"
                       "<!-- END generated: results/summary.md -->\noutro\n")
-    assert fill(readme, tmp_path) == ["results/summary.md"]
+    assert fill(readme, tmp_path) == (["results/summary.md"], [])
     assert readme.read_text() == ("intro\n<!-- BEGIN generated: results/summary.md -->\n| a | b |\n|---|---|\n| 1 | 2 |\n"
                                   "<!-- END generated: results/summary.md -->\noutro\n")
-    assert fill(readme, tmp_path) == ["results/summary.md"]  # idempotent
+    assert fill(readme, tmp_path) == (["results/summary.md"], [])  # idempotent
 
 
-def test_a_missing_source_is_named(tmp_path):
+def test_a_missing_source_is_named_and_its_block_kept(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text("<!-- BEGIN generated: results/nope.md -->\nx\n<!-- END generated: results/nope.md -->\n")
-    with pytest.raises(FileNotFoundError, match="results/nope.md"):
-        fill(readme, tmp_path)
+    text = "<!-- BEGIN generated: results/nope.md -->\nx\n<!-- END generated: results/nope.md -->\n"
+    readme.write_text(text)
+    assert fill(readme, tmp_path) == ([], ["results/nope.md"])
+    assert readme.read_text() == text

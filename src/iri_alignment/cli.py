@@ -389,8 +389,11 @@ def readme_cmd(readme) -> None:
     """Fill the README's generated blocks from the files they name (results tables, calibration)."""
     from iri_alignment.readme import fill
 
-    filled = fill(readme)
+    filled, missing = fill(readme)
     click.echo(f"{readme}: filled {', '.join(filled) or 'no generated block'}")
+    for path in missing:
+        log.warning("%s does not exist, its block is left as it was: `make demo` writes the tables, "
+                    "`make calibrate` the calibration", path)
 
 
 @cli.group("tracking")

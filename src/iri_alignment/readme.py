@@ -22,19 +22,19 @@ from iri_alignment.io import atomic_write
 MARKER = re.compile(r"(<!-- BEGIN generated: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- END generated: (?P=path) -->)", re.S)
 
 
-def fill(readme: str | Path, root: str | Path = ".") -> list[str]:
+def fill(readme: str | Path, root: str | Path = ".") -> tuple[list[str], list[str]]:
     """Replace every generated block of ``readme`` with the current content of its file
-    (relative to ``root``); return the paths filled. A block whose file is missing raises
-    FileNotFoundError naming it and the command that writes it."""
+    (relative to ``root``). Returns ``(filled, missing)``: the paths copied in, and the
+    paths whose file does not exist (their blocks are left as they were)."""
     readme = Path(readme)
     text = readme.read_text()
-    filled = []
+    filled, missing = [], []
 
     def replace(match: re.Match) -> str:
         source = Path(root) / match["path"]
         if not source.is_file():
-            raise FileNotFoundError(f"{readme} quotes {match['path']}, which does not exist: run `make demo` "
-                                    f"(tables) and `make calibrate` (calibration) first")
+            missing.append(match["path"])
+            return match.group(0)
         filled.append(match["path"])
         return f"{match.group(1)}{source.read_text().rstrip()}\n{match.group(4)}"
 
@@ -42,4 +42,4 @@ def fill(readme: str | Path, root: str | Path = ".") -> list[str]:
     if new != text:
         with atomic_write(readme, "w") as fh:
             fh.write(new)
-    return filled
+    return filled, missing
