@@ -121,3 +121,24 @@ def test_a_change_to_one_regime_retrains_only_that_regime(workspace):
     assert changed == {"results/models/resnet18-adversarial/model.pt"}
     changed_iris = {k for k in iris if after_iris[k] != iris[k]}
     assert changed_iris and all(k.startswith("results/iris/resnet18-adversarial/") for k in changed_iris)
+
+
+def test_a_model_below_its_floor_fails_the_run_naming_it(workspace):
+    ws, env, _ = workspace
+    snakemake = [str(BIN / "snakemake"), "--cores", "all"]
+    _set(ws / "params.yaml", "profiles.smoke.evaluation.floor.robust.clean", 100)  # no smoke AT model reaches 100%
+    proc = subprocess.run(snakemake, cwd=ws, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "resnet18-adversarial (clean" in proc.stdout + proc.stderr and "< 100%" in proc.stdout + proc.stderr
+    tables = ws / "results" / "tables"
+    validity = yaml.safe_load((tables / "validity.json").read_text())
+    assert list(validity["failed"]) == ["resnet18-adversarial"]
+    assert "✗" in (tables / "alignment_by_regularizer.md").read_text()
+    assert "resnet18-adversarial: below its accuracy floor" in (tables / "significance.md").read_text()
+    evaluation = yaml.safe_load((ws / "results" / "evaluation" / "resnet18-adversarial.json").read_text())
+    assert evaluation["validity"]["passed"] is False
+    # accepting the failure is a decision the params record
+    _set(ws / "params.yaml", "profiles.smoke.report.allow_failed", True)
+    _run(snakemake, ws, env)
+    _set(ws / "params.yaml", "profiles.smoke.evaluation.floor.robust.clean", 0)
+    _set(ws / "params.yaml", "profiles.smoke.report.allow_failed", False)

@@ -188,6 +188,18 @@ def test_every_supervised_regime_trains_with_its_own_loss(batch_setup):
     assert abs(loss["trades"] - loss["mart"]) > 1e-4, loss
 
 
+def test_at_radius_zero_adversarial_training_is_clean_training_without_an_attack(batch_setup, monkeypatch):
+    params, model, x, y = batch_setup
+    params["training"]["regime"]["adversarial"]["attack"]["eps_warmup_epochs"] = 2
+    cfg = training.warmed_up(training.regime_config(params, "adversarial"), 1)  # epoch 1 of a warm-up: eps 0
+    assert cfg["attack"]["eps"] == 0
+    monkeypatch.setattr(training.attacks, "pgd_l2", lambda *a, **k: pytest.fail("attacked at eps 0"))
+    import copy
+
+    loss, _ = training.supervised_batch_loss(copy.deepcopy(model), x, y, cfg, "adversarial", torch.Generator())
+    assert loss.item() == _batch_loss(params, model, x, y, "standard")
+
+
 @pytest.mark.parametrize("regime", ["simclr", "adverserial", "none"])
 def test_supervised_batch_loss_refuses_a_regime_it_does_not_name(batch_setup, regime):
     params, model, x, y = batch_setup

@@ -114,11 +114,15 @@ def _adversarial_loss(model, x, y, cfg: dict, gen: torch.Generator) -> tuple[tor
     """``adversarial`` and ``adversarial-noaug`` (Madry et al.): CE(f(x*), y), x* the l2 PGD adversary.
 
     The attack runs in eval mode (BN statistics are not polluted by
-    adversaries), the update in the caller's (train) mode.
+    adversaries), the update in the caller's (train) mode. At radius 0 (the
+    first epoch of a warm-up, :func:`warmed_up`) the adversary is the batch
+    itself and no attack is run.
     """
-    with attacks.eval_mode(model):
-        x_adv = attacks.pgd_l2(model, x, y, random_start=cfg["attack"].get("random_start", False),
-                               **_attack_kwargs(cfg, gen))
+    x_adv = x
+    if cfg["attack"]["eps"] > 0:
+        with attacks.eval_mode(model):
+            x_adv = attacks.pgd_l2(model, x, y, random_start=cfg["attack"].get("random_start", False),
+                                   **_attack_kwargs(cfg, gen))
     logits = model(x_adv)
     return F.cross_entropy(logits, y), logits
 

@@ -17,6 +17,7 @@ from iri_alignment.reporting.cells import cell_lookup
 from iri_alignment.reporting.layout import (
     SELF_SCORED,
     UNCONVERGED,
+    failed,
     final_models,
     regularizer_order,
     training_label,
@@ -49,12 +50,14 @@ def copy_grids(res: Results, out_dir: Path) -> list[Path]:
 
 
 def plot_alignment_by_regularizer(res: Results, cells: pd.DataFrame, proxy: str, path: Path) -> Path | None:
-    """Grouped bars: one group per final model, one bar per regularizer; error bars are the bootstrap 95% interval."""
+    """Grouped bars: one group per final model, one bar per regularizer; error bars are the bootstrap 95% interval;
+    a black tick on each bar is its wrong-target null (the bar above the tick is the margin); a failed model
+    (below its accuracy floor) is labelled FAILED."""
     part = cells[(cells["proxy"] == proxy) & (cells["task"] == "2afc")]
     models = [m for m in final_models(res) if m in set(part["model_id"])]
     if not models:
         return None
-    regs, lookup = regularizer_order(part), cell_lookup(part)
+    regs, lookup = regularizer_order(part), cell_lookup(cells[cells["proxy"] == proxy])
     fig = Figure(figsize=(max(5.0, 1.1 * len(models) + 2), 3.8))
     ax = fig.add_subplot()
     width = 0.8 / len(regs)
@@ -66,15 +69,20 @@ def plot_alignment_by_regularizer(res: Results, cells: pd.DataFrame, proxy: str,
         high = np.array([c["ci_high"] - c["mean"] if c is not None else np.nan for c in got])
         pos = x + (k - (len(regs) - 1) / 2) * width
         ax.bar(pos, mean, width, yerr=np.vstack([low, high]), capsize=2, label=g)
+        null = [lookup.get((m, g, proxy, "2afc_null")) for m in models]
+        if any(c is not None for c in null):
+            ax.scatter(pos, [c["mean"] if c is not None else np.nan for c in null], marker="_", s=120, color="black",
+                       linewidths=2, zorder=3, label="wrong-target null" if k == 0 else None)
         for p, c in zip(pos, got):
             if c is not None and (c["n_unconverged"] > 0 or c["self_scored"]):
                 marks = UNCONVERGED * (c["n_unconverged"] > 0) + SELF_SCORED * bool(c["self_scored"])
                 ax.text(p, min(c["ci_high"], 100) + 1, marks, ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(x, [f"{arch_name(res.models.at[m, 'arch'])}\n{training_label(res.models, m)}" for m in models],
-                  fontsize=7)
+    ax.set_xticks(x, [f"{arch_name(res.models.at[m, 'arch'])}\n{training_label(res.models, m)}"
+                      + ("\nFAILED (below floor)" if failed(res.models, m) else "") for m in models], fontsize=7)
     ax.set_ylim(0, 108)
     ax.set_ylabel(f"2AFC alignment (%), {proxy}")
-    ax.set_title(f"IRI alignment by regularizer ({proxy} 2AFC; bars: bootstrap 95% CI)", fontsize=9)
+    ax.set_title(f"IRI alignment by regularizer ({proxy} 2AFC; bars: bootstrap 95% CI; ticks: wrong-target null)",
+                 fontsize=9)
     ax.legend(fontsize=7, title="regularizer", title_fontsize=7)
     return _save(fig, path)
 
