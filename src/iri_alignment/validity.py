@@ -78,8 +78,9 @@ def floor_check(metrics: dict, regime: str, floors: dict) -> dict:
     return {"kind": kind, "floor": floors[kind], "passed": not reasons, "reasons": reasons}
 
 
-def failure_line(failed: dict[str, list[str]]) -> str:
-    """One line naming each failed model and why, e.g. for the end of a run."""
+def failure_line(failed: dict[str, str]) -> str:
+    """One line naming each failed model and why (``{"vgg16-adversarial": "clean 13.2% < 50%"}``),
+    e.g. for the end of a run."""
     return ("models below their accuracy floor (evaluation.floor) are not data: "
-            + "; ".join(f"{m} ({', '.join(r)})" for m, r in sorted(failed.items()))
+            + "; ".join(f"{m} ({why})" for m, why in sorted(failed.items()))
             + ". Retrain them (see docs/calibration.md) or set report.allow_failed: true to accept the run.")
