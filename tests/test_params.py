@@ -144,3 +144,18 @@ def test_params_hash_is_stable_and_sensitive(repo):
     assert params_hash(shuffled) == h
     p["training"]["regime"]["adversarial"]["attack"]["eps"] = 0.5
     assert params_hash(p["training"]["regime"]["adversarial"]) != h
+
+
+def test_overrides_set_any_key_and_name_a_bad_one(params_file):
+    from iri_alignment.params import apply_overrides, get
+
+    params = load_params(params_file, "embedded", ["study.seed=3", "models.archs=[vgg16]"])
+    assert params["study"]["seed"] == 3 and params["models"]["archs"] == ["vgg16"]
+    with pytest.raises(ParamsError, match="no key stuy \\(did you mean 'study'\\?\\)"):
+        apply_overrides(params, ["stuy.seed=1"])
+    with pytest.raises(ParamsError, match="write KEY=VALUE"):
+        apply_overrides(params, ["study.seed"])
+    with pytest.raises(ParamsError, match="study.seed = 'x' has the wrong type"):
+        load_params(params_file, "embedded", ["study.seed=x"])
+    with pytest.raises(ParamsError, match="no key study.sed \\(did you mean 'seed'\\?\\); keys there: name, seed, device"):
+        get(params, "study.sed")
