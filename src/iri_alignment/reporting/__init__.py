@@ -1,4 +1,8 @@
-"""Tables and figures of the study from a results folder (protocol, sections 6-8).
+"""Tables and figures of the study from a results folder (protocol, sections 6-9).
+
+Modules: :mod:`.results` reads the folder, :mod:`.layout` orders and labels
+rows, :mod:`.cells` summarises outcomes, :mod:`.tables` and :mod:`.figures`
+draw them, :mod:`.summary` writes the validity table and the README summary.
 
 :func:`build_report` reads what the pipeline wrote under ``results``::
 
@@ -23,17 +27,22 @@ Cells (all in percent):
   per-proxy means, population std (ddof 0) over the proxies; LPIPS variants
   when any were scored, else every scored proxy; an adversarial IRI set is
   averaged over the proxies it was not optimised against;
+* *null and margin* (protocol 9): beside each 2AFC cell, the same 2AFC against
+  the other-class candidates of the clustering triplet (``2afc_null``) and the
+  target-specific margin 2AFC - null (``2afc_margin``, in points);
 * marks: ``†`` the IRI set has IRIs whose rep loss exceeds ``converged_below``
   (the footnote counts them), ``‡`` the cell is scored by the proxy the IRIs
   were optimised against (adversarial regularizer: a biased judge),
-  ``–`` no data.
+  ``✗`` the model is below its accuracy floor (``evaluation.floor``): not
+  data, left out of the significance tests, ``–`` no data.
 
 Tables (each as ``.csv``, ``.md`` and booktabs ``.tex`` in ``out_tables``;
 every one names its proxy in its title and in a ``proxy`` column or its
 headers): ``alignment_by_regularizer``, ``alignment_by_regularizer_over_proxies``,
 ``proxies``, ``architecture_loss``, ``augmentation``, ``simclr_epochs``; plus
-``cells.csv`` (every cell as numbers) and ``significance.csv``/``.md``
-(:mod:`iri_alignment.significance`). Figures (PNG in ``out_figures``):
+``cells.csv`` (every cell as numbers), ``significance.csv``/``.md``
+(:mod:`iri_alignment.significance`; on the 2AFC margin and on clustering),
+``validity.md``/``.json`` and ``summary.md`` (:mod:`.summary`). Figures (PNG in ``out_figures``):
 ``grids/<model_id>_<regularizer>.png``, ``alignment_by_regularizer.png``,
 ``proxy_agreement.png``, ``simclr_epochs.png``.
 """
