@@ -37,3 +37,24 @@ def test_calibrate_checks_targets_exits_nonzero_and_resumes(params_file, tmp_pat
     assert "resnet18-standard seed 0 threads 1: clean" in strict.output and "< 100%" in strict.output
     assert log.stat().st_mtime_ns == trained_at
     assert not json.loads((out / "calibration.json").read_text())["passed"]
+
+
+def test_a_failed_run_stops_the_calibration(repo, monkeypatch, tmp_path):
+    import pytest
+
+    from iri_alignment import calibration
+
+    params = load_params(repo / "params.yaml", "smoke")
+    params["data"]["root"] = str(tmp_path / "data")
+    started = []
+
+    def fail(run, *args, **kwargs):
+        started.append(run)
+        raise RuntimeError("training failed")
+
+    monkeypatch.setattr(calibration, "train_one", fail)
+    monkeypatch.setattr(calibration.os, "cpu_count", lambda: 1)  # one run at a time
+    with pytest.raises(RuntimeError, match="training failed"):
+        calibration.calibrate(params, params_file=str(repo / "params.yaml"), out=tmp_path / "out", seeds=[0, 1],
+                              threads=[1])
+    assert len(started) == 1  # the queued runs were cancelled, not started

@@ -24,6 +24,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +38,23 @@ from iri_alignment.provenance import machine, machine_line
 from iri_alignment.training import run_hash
 
 log = logging.getLogger(__name__)
+
+
+_RUNNING: set[subprocess.Popen] = set()  # training processes now running, stopped if calibrate is interrupted
+_LOCK = threading.Lock()
+
+
+def _stop_running() -> None:
+    """Terminate every training process still running (each resumes from its last epoch next time)."""
+    with _LOCK:
+        running = list(_RUNNING)
+    for proc in running:
+        proc.terminate()
+    for proc in running:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @dataclass(frozen=True)
@@ -95,7 +113,14 @@ def train_one(run: CalibrationRun, params: dict, *, params_file: str, out: Path,
     log.info("training %s seed %d with %d thread(s): log in %s", run.model_id, run.seed, run.threads, folder / "train.log")
     start = time.perf_counter()
     with open(folder / "train.log", "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        with _LOCK:
+            _RUNNING.add(proc)
+        try:
+            proc.wait()
+        finally:
+            with _LOCK:
+                _RUNNING.discard(proc)
     minutes = (time.perf_counter() - start) / 60
     if proc.returncode != 0:
         raise RuntimeError(f"{run.model_id} seed {run.seed} threads {run.threads} failed (exit {proc.returncode}); "
@@ -172,10 +197,16 @@ def calibrate(params: dict, *, params_file: str, out: str | Path, seeds=None, th
         group = [r for r in runs if r.threads == count]
         side_by_side = max(1, cores // count)  # fill the cores: two 1-thread runs at once on 2 cores
         log.info("%d runs with %d thread(s), %d at a time", len(group), count, side_by_side)
-        with ThreadPoolExecutor(side_by_side) as pool:
+        pool = ThreadPoolExecutor(side_by_side)
+        try:
             futures = {r: pool.submit(train_one, r, params, params_file=params_file, out=out, overrides=overrides)
                        for r in group}
             done.update({r: f.result() for r, f in futures.items()})
+        except BaseException:  # Ctrl-C, SIGTERM or a failed run: start nothing more, stop what runs
+            pool.shutdown(wait=False, cancel_futures=True)
+            _stop_running()
+            raise
+        pool.shutdown()
     rows = []
     for run in runs:
         row = done[run]
