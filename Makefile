@@ -25,7 +25,7 @@ $(STAMP): requirements.lock pyproject.toml
 test: setup  ## run the test suite (installs first)
 	$(BIN)/pytest
 
-demo: setup  ## run the embedded study on this CPU, no network (19 minutes on 2 cores)
+demo: setup  ## run the embedded study on this CPU, no network (24 minutes on 2 cores)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores all --config profile=embedded
 	@echo "Tables:  $(CURDIR)/results/tables/  (alignment_by_regularizer.md, proxies.md, significance.md, ...)"
 	@echo "Figures: $(CURDIR)/results/figures/ (IRI grids in grids/, alignment plots)"
