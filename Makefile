@@ -27,7 +27,7 @@ test: setup  ## run the test suite (installs first)
 
 demo: setup  ## run the embedded study on this CPU, no network (24 minutes on 2 cores)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores all --config profile=embedded
-	@echo "Tables:  $(CURDIR)/results/tables/  (alignment_by_regularizer.md, proxies.md, significance.md, ...)"
+	@echo "Tables:  $(CURDIR)/results/tables/  (summary.md, validity.md, alignment_by_regularizer.md, significance.md, ...)"
 	@echo "Figures: $(CURDIR)/results/figures/ (IRI grids in grids/, alignment plots)"
 	@echo "Runs:    .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
