@@ -20,9 +20,7 @@ the numbers mean nothing without it. Results go to stdout and, with
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import platform
 import statistics
 import time
@@ -148,12 +146,16 @@ def paper_cost(report: dict, paper: dict) -> dict:
 
 
 def machine(device) -> dict:
+    """:func:`iri_alignment.provenance.machine` (CPU model, cores, threads, torch, commit) plus what the
+    bench adds: the platform, the device measured and torchvision's version."""
     import torchvision
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "torch": torch.__version__, "torchvision": torchvision.__version__}
+    from iri_alignment.provenance import machine as provenance_machine
+
+    info = provenance_machine()
+    return {**info, "platform": platform.platform(), "processor": info["cpu"], "cpu_count": info["cores"],
+            "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "torchvision": torchvision.__version__}
 
 
 def markdown(report: dict) -> str:
