@@ -1,6 +1,9 @@
-"""One place that turns ``--device auto|cpu|cuda|mps`` into a ``torch.device``."""
+"""One place that turns ``--device auto|cpu|cuda|mps`` into a ``torch.device``, and
+``study.precision`` into the context a forward pass runs in."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -33,3 +36,48 @@ def resolve_device(name: str = "auto") -> torch.device:
     if kind == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' was asked for but MPS is not available; use --device auto or cpu")
     return torch.device(name)
+
+
+#: ``study.precision``: ``fp32`` is the reference (bitwise reproducible on one
+#: machine); ``bf16`` runs the model's convolutions and matrix products in
+#: bfloat16 under ``torch.autocast`` and keeps everything else in fp32.
+PRECISIONS = ("fp32", "bf16")
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware (CUDA of compute
+    capability 8+, MPS, or a CPU with AVX512-BF16 or AMX); elsewhere bf16
+    still works but is emulated, usually slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "mps":
+        return True
+    cpu = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else ""
+    return "AVX512" in cpu.upper() and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def autocast(device: torch.device | str, precision: str = "fp32"):
+    """The context a forward pass runs in for ``precision`` (one of :data:`PRECISIONS`).
+
+    ``fp32``: no autocast (a no-op context). ``bf16``: ``torch.autocast`` with
+    bfloat16 on ``device``'s type, so that convolutions and linear layers run in
+    bf16 while their inputs, the parameters and the optimiser state stay fp32.
+    Run the backward pass outside it (PyTorch's advice); gradients reach the
+    fp32 leaves in fp32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)} (study.precision)")
+    device_type = torch.device(device).type
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+def compile_mode(device: torch.device | str, enabled: bool) -> str | None:
+    """The ``torch.compile`` mode of ``study.compile`` on ``device``: None when off;
+    ``reduce-overhead`` on CUDA (CUDA graphs: one replay per inversion step instead
+    of hundreds of kernel launches), ``default`` elsewhere (Inductor's fused CPU
+    kernels; its compile time, tens of seconds per model, is paid once per process)."""
+    if not enabled:
+        return None
+    return "reduce-overhead" if torch.device(device).type == "cuda" else "default"

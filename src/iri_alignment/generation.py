@@ -22,6 +22,7 @@ import torch
 
 from iri_alignment.checkpoints import load_model
 from iri_alignment.data.loading import open_split
+from iri_alignment.devices import compile_mode
 from iri_alignment.io import atomic_write
 from iri_alignment.inversion import RANDOM_SEED_KINDS, invert, make_seed, representation_distances
 from iri_alignment.irisets import write_iriset
@@ -138,7 +139,8 @@ def _invert_batches(model, targets: torch.Tensor, seed_image: torch.Tensor, *, o
             res = invert(model, targets[start:start + bs], seed_image, objective_for(generator=gen), iterations=iterations,
                          step_size=inv["step_size"], fake_relu=inv["fake_relu"], generator=gen,
                          state={k: v for k, v in resume.items() if k != "hash"} if resume else None,
-                         checkpoint_every=checkpoint_every, on_checkpoint=snapshot, progress=progress)
+                         checkpoint_every=checkpoint_every, on_checkpoint=snapshot, progress=progress,
+                         precision=inv.get("precision", "fp32"), compile_mode=inv.get("compile_mode"))
             saved = {"hash": job_hash, "images": res.images.cpu(), "rep_loss": res.rep_loss.cpu(),
                      "best_iteration": res.best_iteration.cpu()}
             with atomic_write(done) as fh:
@@ -199,17 +201,24 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
     settings = {"regularizer": regularizer, "seed_type": seed_type, "iterations": iterations, "step_size": inv["step_size"],
                 "fake_relu": inv["fake_relu"], "restarts": restarts, "section": regularizer_section(params, regularizer),
                 "targets": [int(i) for i in indices], "checkpoint_hash": ckpt.meta["params_hash"]}
+    precision = params["study"].get("precision", "fp32")
+    if precision != "fp32":  # fp32 eager sets keep the hashes they had before these keys existed
+        settings["precision"] = precision
+    if params["study"].get("compile"):
+        settings["compile"] = True
     job_hash = params_hash(settings)
 
     tags = {"dataset": ckpt.meta["dataset"], "arch": ckpt.meta["arch"], "regime": ckpt.meta["regime"],
-            "regularizer": regularizer, "params_hash": job_hash, "checkpoint": str(checkpoint)}
+            "regularizer": regularizer, "params_hash": job_hash, "checkpoint": str(checkpoint),
+            "replicate": ckpt.meta.get("replicate", 0), "precision": precision}
     with start_run(params, stage="invert", name=f"{ckpt.meta['arch']}-{ckpt.meta['regime']}-{regularizer}", tags=tags,
                    log_params={k: v for k, v in settings.items() if k != "targets"}):
         proxy = proxy_for(params, regularizer, device=device)  # built once, shared by the batches
         objective_for = functools.partial(make_objective, regularizer, settings["section"], proxy=proxy)
         invert_batches = functools.partial(
             _invert_batches, model, objective_for=objective_for,
-            inv=inv, iterations=iterations, partial=partial, job_hash=job_hash, progress=progress,
+            inv={**inv, "precision": precision,
+                 "compile_mode": compile_mode(device, params["study"].get("compile", False))}, iterations=iterations, partial=partial, job_hash=job_hash, progress=progress,
             checkpoint_every=checkpoint_every)
         best = invert_batches(targets, seeds[0], prefix="", gen_seed=study_seed)
         seed_of = torch.zeros(len(indices), dtype=torch.long)

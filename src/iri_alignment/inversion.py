@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from iri_alignment.devices import autocast
 from iri_alignment.regularizers import ModelRep, Objective
 
 log = logging.getLogger(__name__)
@@ -170,17 +171,25 @@ def make_basis(objective: Objective, images: torch.Tensor) -> PixelBasis | Fouri
 # -- inversion ------------------------------------------------------------------------------
 
 
-def representation_fn(model: nn.Module, fake_relu: bool = True) -> ModelRep:
+def representation_fn(model: nn.Module, fake_relu: bool = True, precision: str = "fp32",
+                      compile_mode: str | None = None) -> ModelRep:
     """``model_rep(x, normalize=True)``: ``model.represent`` with the fake-ReLU choice bound.
 
     ``normalize=False`` is forwarded as ``model.represent(x, fake_relu=..., normalize=False)``
-    (only the faithful adversarial regularizer asks for it).
+    (only the faithful adversarial regularizer asks for it). ``precision``
+    (``fp32`` default, or ``bf16``) is the autocast the model's forward pass runs
+    under (:func:`iri_alignment.devices.autocast`); the representation is
+    returned in fp32 either way, so the objective's other terms stay fp32.
+    ``compile_mode`` (default None: eager) runs ``model.represent`` through
+    ``torch.compile(mode=compile_mode)`` (:func:`iri_alignment.devices.compile_mode`:
+    ``reduce-overhead``, i.e. CUDA graphs, on a GPU).
     """
+    represent = torch.compile(model.represent, mode=compile_mode) if compile_mode else model.represent
 
     def model_rep(x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        if normalize:
-            return model.represent(x, fake_relu=fake_relu)
-        return model.represent(x, fake_relu=fake_relu, normalize=False)
+        with autocast(x.device, precision):
+            rep = represent(x, fake_relu=fake_relu) if normalize else represent(x, fake_relu=fake_relu, normalize=False)
+        return rep.float()
 
     return model_rep
 
@@ -281,6 +290,8 @@ def invert(
     on_checkpoint: Callable[[dict], None] | None = None,
     progress: bool = True,
     history_every: int | None = None,
+    precision: str = "fp32",
+    compile_mode: str | None = None,
 ) -> InversionResult:
     """Optimise the seed towards every target's representation; keep each image's best iterate.
 
@@ -313,6 +324,13 @@ def invert(
         progress: show a tqdm bar with the mean rep loss (default True).
         history_every: iterations between history entries (default None:
             ``max(1, iterations // 100)``).
+        precision: ``fp32`` (default, the reference) or ``bf16``: the model's
+            forward and backward passes run under bf16 autocast; the variable,
+            the step and the best-iterate bookkeeping stay fp32 (the step is
+            normalised, so the gradient's scale does not matter). The returned
+            ``rep_loss`` and ``final_rep_loss`` are recomputed in fp32.
+        compile_mode: ``torch.compile`` mode of the model's forward in the loop
+            (default None: eager; see :func:`representation_fn`).
 
     Returns:
         an :class:`InversionResult`.
@@ -327,13 +345,17 @@ def invert(
         generator = objective.generator if objective.generator is not None else torch.Generator().manual_seed(0)
     history_every = history_every or max(1, iterations // 100)
     basis = make_basis(objective, targets)
-    model_rep = representation_fn(model, fake_relu)
+    model_rep = representation_fn(model, fake_relu, precision, compile_mode)
+    exact_rep = representation_fn(model, fake_relu)
+
+    def represent_targets(rep_fn):
+        with torch.no_grad():
+            return rep_fn(targets) if objective.normalize else rep_fn(targets, normalize=False)
 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            target_rep = model_rep(targets) if objective.normalize else model_rep(targets, normalize=False)
+        target_rep = represent_targets(model_rep)
         if state is None:
             variable = basis.encode(seed_image)
             best = {
@@ -365,6 +387,10 @@ def invert(
             images = basis.decode(variable)
             final = objective.rep_loss(model_rep, images, target_rep)
             _keep_best(best, images, final, iterations)
+            if precision != "fp32" or compile_mode:  # report eager fp32 losses: the chosen iterates, measured exactly
+                exact_target = represent_targets(exact_rep)
+                final = objective.rep_loss(exact_rep, images, exact_target)
+                best["rep_loss"] = objective.rep_loss(exact_rep, best["images"], exact_target)
         history.append((iterations, final.mean().item()))
     finally:
         model.train(was_training)

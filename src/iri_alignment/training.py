@@ -38,9 +38,11 @@ from tqdm.auto import tqdm
 from iri_alignment import attacks, augment, validity
 from iri_alignment.checkpoints import CheckpointError, check_expected, load_checkpoint, save_checkpoint
 from iri_alignment.data.loading import open_split
+from iri_alignment.devices import autocast
 from iri_alignment.io import write_json
 from iri_alignment.models import build_model
 from iri_alignment.params import params_hash
+from iri_alignment.plan import model_id as model_name
 from iri_alignment.tracking import log_metrics, set_tags, start_run
 
 log = logging.getLogger(__name__)
@@ -80,14 +82,24 @@ def attack_step(attack: dict) -> float:
     return attack.get("step_size") or attacks.step_size_for(attack["eps"], attack["steps"], attack.get("step_factor", 2.5))
 
 
-def run_hash(params: dict, dataset: str, arch: str, regime: str) -> str:
+def training_seed(params: dict, replicate: int = 0) -> int:
+    """The seed of one training run: ``study.seed + training.seed_offset + replicate``
+    (replicate r of ``study.replicates``)."""
+    return params["study"]["seed"] + params["training"].get("seed_offset", 0) + replicate
+
+
+def run_hash(params: dict, dataset: str, arch: str, regime: str, replicate: int = 0) -> str:
     """Hash of everything a trained model depends on: change any of it and
     the model is retrained rather than resumed."""
-    return params_hash({
+    settings = {
         "dataset": dataset, "arch": arch, "width": params["models"]["width"], "regime": regime_config(params, regime),
         "augmentation": params["data"]["augmentation"], "shapes": params["data"]["shapes"] if dataset == "shapes" else None,
-        "seed": params["study"]["seed"] + params["training"].get("seed_offset", 0),
-    })
+        "seed": training_seed(params, replicate),
+    }
+    precision = params["study"].get("precision", "fp32")
+    if precision != "fp32":  # fp32 runs keep the hashes they had before the key existed
+        settings["precision"] = precision
+    return params_hash(settings)
 
 
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -199,7 +211,8 @@ def warmed_up(cfg: dict, epoch: int) -> dict:
     return {**cfg, "attack": {**attack, "eps": attack["eps"] * scale}}
 
 
-def train_supervised_epoch(model, split, cfg, aug_cfg, regime, *, optimizer, seed, epoch, device, progress) -> dict:
+def train_supervised_epoch(model, split, cfg, aug_cfg, regime, *, optimizer, seed, epoch, device, progress,
+                           precision: str = "fp32") -> dict:
     cfg = warmed_up(cfg, epoch)
     model.train()
     order, aug_gen, attack_gen = (epoch_generator(seed, epoch, s) for s in range(3))
@@ -211,7 +224,8 @@ def train_supervised_epoch(model, split, cfg, aug_cfg, regime, *, optimizer, see
     bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False, disable=not progress)
     for x, y in bar:
         x = augment.augment(cfg["augment"], x, aug_cfg, aug_gen)
-        loss, logits = supervised_batch_loss(model, x, y, cfg, regime, attack_gen)
+        with autocast(device, precision):  # the attack too: its steps are normalised, so bf16 gradients do
+            loss, logits = supervised_batch_loss(model, x, y, cfg, regime, attack_gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -223,7 +237,8 @@ def train_supervised_epoch(model, split, cfg, aug_cfg, regime, *, optimizer, see
     return {"loss": loss_sum / total, "train_acc": correct / total, "images_per_s": total / seconds}
 
 
-def train_contrastive_epoch(simclr_model, split, cfg, *, optimizer, scheduler, seed, epoch, device, progress) -> dict:
+def train_contrastive_epoch(simclr_model, split, cfg, *, optimizer, scheduler, seed, epoch, device, progress,
+                            precision: str = "fp32") -> dict:
     from iri_alignment import simclr
 
     simclr_model.train()
@@ -236,11 +251,13 @@ def train_contrastive_epoch(simclr_model, split, cfg, *, optimizer, scheduler, s
     for x, _ in bar:
         v1 = augment.simclr_view(x, cfg["views"], aug_gen, color=variant.get("color", True))
         v2 = augment.simclr_view(x, cfg["views"], aug_gen, color=variant.get("color", True))
-        if "attack" in variant:
-            a = variant["attack"]
-            v1, v2 = simclr.contrastive_adversarial_views(simclr_model, v1, v2, eps=a["eps"], steps=a["steps"],
-                                                          step_size=attack_step(a), generator=attack_gen)
-        loss = simclr.nt_xent(simclr_model(v1), simclr_model(v2), cfg["temperature"])
+        with autocast(device, precision):
+            if "attack" in variant:
+                a = variant["attack"]
+                v1, v2 = simclr.contrastive_adversarial_views(simclr_model, v1, v2, eps=a["eps"], steps=a["steps"],
+                                                              step_size=attack_step(a), generator=attack_gen)
+            z1, z2 = simclr_model(v1), simclr_model(v2)
+        loss = simclr.nt_xent(z1.float(), z2.float(), cfg["temperature"])  # the loss in fp32
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -281,15 +298,17 @@ def evaluate_checkpoint(params: dict, checkpoint: str | Path, *, device, attack_
     meta = ckpt.meta
     params = {**params, "data": {**params["data"], "dataset": meta["dataset"]}}
     steps = attack_steps or params["evaluation"]["attack_steps"]
-    tags = {"dataset": meta["dataset"], "arch": meta["arch"], "regime": meta["regime"], "params_hash": meta["params_hash"]}
-    with start_run(params, stage="evaluate", name=f"{meta['arch']}-{meta['regime']}", tags=tags,
+    replicate = meta.get("replicate", 0)
+    tags = {"dataset": meta["dataset"], "arch": meta["arch"], "regime": meta["regime"], "params_hash": meta["params_hash"],
+            "replicate": replicate}
+    with start_run(params, stage="evaluate", name=model_name(meta["arch"], meta["regime"], replicate=replicate), tags=tags,
                    log_params={"checkpoint": str(checkpoint), "attack_steps": steps, "limit": limit}):
         result = evaluate_classifier(model, open_split(params, "test"), eps=eps or meta["eps"], steps=steps,
                                      step_factor=params["evaluation"]["step_factor"],
                                      batch_size=params["data"]["eval_batch_size"], device=device, limit=limit, progress=True)
         log_metrics(result)
         result = {"checkpoint": str(checkpoint), "dataset": meta["dataset"], "arch": meta["arch"], "regime": meta["regime"],
-                  "width": meta["width"], **{k: v for k, v in meta["metrics"].items() if k.startswith("probe")}, **result}
+                  "replicate": replicate, "width": meta["width"], **{k: v for k, v in meta["metrics"].items() if k.startswith("probe")}, **result}
         result["validity"] = validity.floor_check(result, meta["regime"], params["evaluation"]["floor"])
         set_tags({"validity": "passed" if result["validity"]["passed"] else "failed"})
         if not result["validity"]["passed"]:
@@ -335,7 +354,7 @@ def _build_optimisation(model, cfg, regime, steps_per_epoch):
 
 
 def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torch.device, progress: bool = True,
-          restart: bool = False, evaluate: bool = True, replace_stale: bool = False) -> dict:
+          restart: bool = False, evaluate: bool = True, replace_stale: bool = False, replicate: int = 0) -> dict:
     """Train one model of the study and evaluate it; return its final metrics.
 
     Writes into ``out``: ``last.pt`` (resumable state, every epoch),
@@ -346,16 +365,21 @@ def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torc
     the pipeline turns it off and evaluates in its own stage.
     ``replace_stale`` (default False: refuse) discards a ``last.pt`` written
     under other settings; the pipeline sets it, since it reruns a job exactly
-    when its settings changed.
+    when its settings changed. ``replicate`` r (default 0) trains with seed
+    ``study.seed + training.seed_offset + r`` (:func:`training_seed`).
+    ``study.precision`` chooses fp32 (the reference) or bf16 autocast for the
+    training steps; evaluation always runs in fp32.
     """
     dataset = params["data"]["dataset"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = regime_config(params, regime)
-    seed = params["study"]["seed"] + params["training"].get("seed_offset", 0)
-    rhash = run_hash(params, dataset, arch, regime)
+    seed = training_seed(params, replicate)
+    precision = params["study"].get("precision", "fp32")
+    rhash = run_hash(params, dataset, arch, regime, replicate)
     meta = {"dataset": dataset, "arch": arch, "width": params["models"]["width"], "regime": regime,
-            "params_hash": rhash, "profile": params["profile"], "eps": threat_eps(params, regime)}
+            "params_hash": rhash, "profile": params["profile"], "eps": threat_eps(params, regime),
+            "replicate": replicate, "seed": seed, "precision": precision}
 
     torch.manual_seed(seed)
     model = build_model(dataset, arch, width=params["models"]["width"]).to(device)
@@ -389,8 +413,9 @@ def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torc
     eval_cfg = params["evaluation"]
     eval_kw = {"eps": meta["eps"], "steps": eval_cfg["attack_steps"], "step_factor": eval_cfg["step_factor"],
                "batch_size": params["data"]["eval_batch_size"], "device": device}
-    tags = {"dataset": dataset, "arch": arch, "regime": regime, "params_hash": rhash}
-    with start_run(params, stage="train", name=f"{arch}-{regime}", tags=tags, run_id=run_id,
+    tags = {"dataset": dataset, "arch": arch, "regime": regime, "params_hash": rhash, "replicate": replicate,
+            "precision": precision}
+    with start_run(params, stage="train", name=model_name(arch, regime, replicate=replicate), tags=tags, run_id=run_id,
                    log_params={"dataset": dataset, "arch": arch, "width": meta["width"], "regime": regime, **cfg}) as run:
         epochs = cfg["epochs"]
         metrics = {}
@@ -399,10 +424,12 @@ def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torc
             torch.manual_seed(seed * 7919 + epoch)  # any layer that draws from the global RNG (dropout)
             if regime in CONTRASTIVE:
                 metrics = train_contrastive_epoch(trainable, train_split, cfg, optimizer=optimizer, scheduler=scheduler,
-                                                  seed=seed, epoch=epoch, device=device, progress=progress)
+                                                  seed=seed, epoch=epoch, device=device, progress=progress,
+                                                  precision=precision)
             else:
                 metrics = train_supervised_epoch(model, train_split, cfg, augmentation_config(params, cfg["augment"]), regime,
-                                                 optimizer=optimizer, seed=seed, epoch=epoch, device=device, progress=progress)
+                                                 optimizer=optimizer, seed=seed, epoch=epoch, device=device, progress=progress,
+                                                 precision=precision)
                 scheduler.step()
                 subset = eval_cfg.get("epoch_subset", 0)
                 if subset:
