@@ -28,6 +28,7 @@ import pandas as pd
 
 from iri_alignment import scoring
 from iri_alignment.io import atomic_write, write_json
+from iri_alignment.plan import model_id
 from iri_alignment.irisets import read_iriset, seed_ids, seed_png
 from iri_alignment.proxies import get_proxy, paired, pairwise
 from iri_alignment.tracking import log_metrics, start_run
@@ -99,8 +100,10 @@ def score(params: dict, *, iris: str | Path, proxies, out: str | Path, device) -
     out = Path(out)
     model = meta["model"]
     tags = {"dataset": model["dataset"], "arch": model["arch"], "regime": model["regime"],
-            "regularizer": meta["regularizer"], "params_hash": meta["hash"], "iris": str(iris)}
-    with start_run(params, stage="score", name=f"{model['arch']}-{model['regime']}-{meta['regularizer']}", tags=tags,
+            "regularizer": meta["regularizer"], "params_hash": meta["hash"], "iris": str(iris),
+            "replicate": model.get("replicate", 0)}
+    name = f"{model_id(model['arch'], model['regime'], replicate=model.get('replicate', 0))}-{meta['regularizer']}"
+    with start_run(params, stage="score", name=name, tags=tags,
                    log_params={"proxies": ",".join(proxies), "ties": cfg["ties"], "clustering_seed": cfg["clustering_seed"],
                                "bootstrap": cfg["bootstrap"]}):
         table, summary = score_iriset(iriset, proxies, ties=cfg["ties"], clustering_seed=cfg["clustering_seed"],

@@ -222,10 +222,13 @@ def _device(params: dict, device: str | None):
 @click.option("--replace-stale", is_flag=True, help="Discard last.pt only if it was written under other settings.")
 @click.option("--evaluate/--no-evaluate", default=True, show_default=True,
               help="End with clean and robust test accuracy (the pipeline evaluates in its own stage).")
+@click.option("--replicate", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Training replicate k: seed study.seed + training.seed_offset + k (study.replicates).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @params_options
 @device_option
-def train_cmd(dataset, arch, regime, out, restart, replace_stale, evaluate, no_progress, params_file, profile, device) -> None:
+def train_cmd(dataset, arch, regime, out, restart, replace_stale, evaluate, replicate, no_progress, params_file, profile,
+              device) -> None:
     """Train one model with the protocol's settings; resumes if interrupted."""
     from iri_alignment.training import REGIMES, train
 
@@ -233,7 +236,8 @@ def train_cmd(dataset, arch, regime, out, restart, replace_stale, evaluate, no_p
         raise click.BadParameter(f"{regime!r}; choose one of {', '.join(REGIMES)}", param_hint="--regime")
     params = _study(params_file, profile, dataset)
     metrics = train(params, arch=arch, regime=regime, out=out, device=_device(params, device),
-                    progress=not no_progress, restart=restart, evaluate=evaluate, replace_stale=replace_stale)
+                    progress=not no_progress, restart=restart, evaluate=evaluate, replace_stale=replace_stale,
+                    replicate=replicate)
     echo_json(metrics)
 
 
@@ -381,6 +385,23 @@ def validity_cmd(results, params_file, profile) -> None:
     if failed:
         log.warning("report.allow_failed is set; accepted although below the floor: %s", ", ".join(sorted(failed)))
     click.echo(f"validity: {'accepted with failures' if failed else 'every model above its floor'}")
+
+
+@cli.command("timings")
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--cores", default=None, type=int, help="Cores the DAG ran on (default: this machine's).")
+@click.option("--threads", "threads_per_job", default=1, show_default=True, type=int,
+              help="Torch threads per job (the Snakefile's config threads_per_job), for the machine line.")
+def timings_cmd(results, cores, threads_per_job) -> None:
+    """Where the last DAG run's time went, per stage (results/benchmarks -> tables/timings.md)."""
+    from pathlib import Path
+
+    from iri_alignment.provenance import machine
+    from iri_alignment.timings import write_timings
+
+    write_timings(Path(results) / "benchmarks", Path(results) / "tables", cores=cores,
+                  machine=machine(threads=threads_per_job))
+    click.echo(Path(results, "tables", "timings.md").read_text())
 
 
 @cli.command("readme")

@@ -9,9 +9,11 @@ Snakemake rules, the report and the tests learn the layout of ``results/``.
     results/scores/<model_id>/<regularizer>.csv (+ .json)             alignment scores
     results/tables/, results/figures/                                 the report
 
-A ``model_id`` is ``<arch>-<regime>``, or ``<arch>-<regime>@<epoch>`` for an
-intermediate SimCLR checkpoint (inverted with the reg-free objective only,
-for the alignment-over-epochs table).
+A ``model_id`` is ``<arch>-<regime>``, ``<arch>-<regime>-r<k>`` for training
+replicate k >= 1 of ``study.replicates`` (replicate 0 keeps the plain id, so
+raising the count adds jobs and renames nothing), and either with
+``@<epoch>`` for an intermediate SimCLR checkpoint (inverted under
+``inversion.epochs_regularizer`` only, for the alignment-over-epochs table).
 """
 
 from __future__ import annotations
@@ -22,26 +24,55 @@ from pathlib import Path
 from iri_alignment.data.specs import get_spec
 from iri_alignment.params import inversion_iterations, inversion_restarts, params_hash, regularizer_section
 
-MODEL_ID = re.compile(r"^(?P<arch>[a-z0-9]+)-(?P<regime>[a-z-]+?)(?:@(?P<epoch>\d{4}))?$")
+MODEL_ID = re.compile(r"^(?P<arch>[a-z0-9]+)-(?P<regime>[a-z-]+?)(?:-r(?P<replicate>[1-9]\d*))?(?:@(?P<epoch>\d{4}))?$")
 
 
-def model_id(arch: str, regime: str, epoch: int | None = None) -> str:
-    return f"{arch}-{regime}" + (f"@{epoch:04d}" if epoch is not None else "")
+def model_id(arch: str, regime: str, epoch: int | None = None, replicate: int = 0) -> str:
+    return f"{arch}-{regime}" + (f"-r{replicate}" if replicate else "") + (f"@{epoch:04d}" if epoch is not None else "")
 
 
 def parse_model_id(mid: str) -> tuple[str, str, int | None]:
-    """``"resnet18-simclr@0050"`` -> ``("resnet18", "simclr", 50)``."""
+    """``"resnet18-simclr-r1@0050"`` -> ``("resnet18", "simclr", 50)`` (the replicate: :func:`replicate_of`)."""
     m = MODEL_ID.match(mid)
     if not m:
-        raise ValueError(f"not a model id: {mid!r} (expected <arch>-<regime>[@<epoch>])")
+        raise ValueError(f"not a model id: {mid!r} (expected <arch>-<regime>[-r<replicate>][@<epoch>])")
     return m["arch"], m["regime"], int(m["epoch"]) if m["epoch"] else None
 
 
+def replicate_of(mid: str) -> int:
+    """``"resnet18-adversarial-r2"`` -> 2; an id without ``-r<k>`` is replicate 0."""
+    parse_model_id(mid)
+    return int(MODEL_ID.match(mid)["replicate"] or 0)
+
+
+def base_model_id(mid: str) -> str:
+    """The id without its replicate: ``"resnet18-simclr-r1@0050"`` -> ``"resnet18-simclr@0050"``."""
+    arch, regime, epoch = parse_model_id(mid)
+    return model_id(arch, regime, epoch)
+
+
+def replicates(params: dict) -> list[int]:
+    """The training replicates of the study: ``0 .. study.replicates - 1``."""
+    return list(range(params["study"].get("replicates", 1)))
+
+
 def trained_models(params: dict) -> list[tuple[str, str]]:
-    """(arch, regime) of every model the study trains."""
+    """(arch, regime) of every model the study trains (each ``study.replicates`` times)."""
     t = params["training"]
     return ([(a, r) for a in params["models"]["archs"] for r in t["regimes"]]
             + [(a, r) for a in t["contrastive"]["archs"] for r in t["contrastive_regimes"]])
+
+
+def trained_model_ids(params: dict) -> list[str]:
+    """Every training job's model id: each model of :func:`trained_models` once per replicate."""
+    return [model_id(a, r, replicate=k) for k in replicates(params) for a, r in trained_models(params)]
+
+
+def inverted_replicates(params: dict, regularizer: str) -> list[int]:
+    """The replicates inverted under ``regularizer``: the first ``inversion.replicates[regularizer]``
+    (default: all of them), so a costly regularizer can be run on fewer replicates than reg-free."""
+    cap = params["inversion"].get("replicates", {}).get(regularizer)
+    return replicates(params)[:cap] if cap else replicates(params)
 
 
 def kept_epochs(params: dict, regime: str) -> list[int]:
@@ -57,8 +88,11 @@ def inversion_jobs(params: dict) -> list[tuple[str, str]]:
     """(model_id, regularizer) of every IRI set: every model under every
     regularizer, and every kept SimCLR checkpoint under ``inversion.epochs_regularizer``."""
     inv = params["inversion"]
-    jobs = [(model_id(a, r), reg) for a, r in trained_models(params) for reg in inv["regularizers"]]
-    jobs += [(model_id(a, r, e), inv["epochs_regularizer"]) for a, r in trained_models(params) for e in kept_epochs(params, r)]
+    jobs = [(model_id(a, r, replicate=k), reg) for reg in inv["regularizers"] for k in inverted_replicates(params, reg)
+            for a, r in trained_models(params)]
+    epochs_reg = inv["epochs_regularizer"]
+    jobs += [(model_id(a, r, e, replicate=k), epochs_reg) for k in inverted_replicates(params, epochs_reg)
+             for a, r in trained_models(params) for e in kept_epochs(params, r)]
     return jobs
 
 
@@ -91,7 +125,7 @@ def training_priority(params: dict, regime: str) -> float:
 
 def checkpoint_path(results: str | Path, mid: str) -> Path:
     arch, regime, epoch = parse_model_id(mid)
-    folder = Path(results) / "models" / model_id(arch, regime)
+    folder = Path(results) / "models" / model_id(arch, regime, replicate=replicate_of(mid))
     return folder / (f"epoch-{epoch:04d}.pt" if epoch is not None else "model.pt")
 
 
@@ -112,10 +146,15 @@ def data_marker(params: dict) -> str | None:
 # -- what each job's result depends on (Snakemake reruns a job when its hash changes) --
 
 
-def train_hash(params: dict, arch: str, regime: str) -> str:
+def train_hash(params: dict, arch: str, regime: str, replicate: int = 0) -> str:
     from iri_alignment.training import run_hash
 
-    return run_hash(params, params["data"]["dataset"], arch, regime)
+    return run_hash(params, params["data"]["dataset"], arch, regime, replicate)
+
+
+def model_pattern(regimes) -> str:
+    """Snakemake wildcard constraint of the model ids (any replicate) of ``regimes``."""
+    return r"[a-z0-9]+-(" + "|".join(sorted(regimes, key=len, reverse=True)) + r")(-r[1-9]\d*)?"
 
 
 def evaluation_hash(params: dict) -> str:
@@ -129,7 +168,13 @@ def inversion_hash(params: dict, regularizer: str) -> str:
     common.pop("epochs_regularizer", None)  # which checkpoints are inverted, not how: inversion_jobs reads it
     common["iterations"] = inversion_iterations(params, regularizer)
     common["restarts"] = inversion_restarts(params, regularizer)
-    return params_hash({**common, "section": regularizer_section(params, regularizer), "seed": params["study"]["seed"]})
+    settings = {**common, "section": regularizer_section(params, regularizer), "seed": params["study"]["seed"]}
+    precision = params["study"].get("precision", "fp32")
+    if precision != "fp32":  # fp32 eager sets keep the hashes they had before these keys existed
+        settings["precision"] = precision
+    if params["study"].get("compile"):
+        settings["compile"] = True
+    return params_hash(settings)
 
 
 def scoring_hash(params: dict) -> str:

@@ -19,14 +19,14 @@ STUDY = f"--params {PARAMS_FILE} --profile {PROFILE}"
 # The conda environment with the lock's pins (used with --use-conda).
 ENV = "../../environment.yml"
 
-MODELS = [plan.model_id(a, r) for a, r in plan.trained_models(PARAMS)]
+MODELS = plan.trained_model_ids(PARAMS)
 INVERSIONS = plan.inversion_jobs(PARAMS)
 
 
 wildcard_constraints:
     arch="[a-z0-9]+",
     regime="[a-z]+(-[a-z]+)*",
-    model=r"[a-z0-9]+-[a-z-]+(@\d{4})?",
+    model=r"[a-z0-9]+-[a-z-]+?(-r[1-9]\d*)?(@\d{4})?",
     regularizer="reg-free|human-aligned|adversarial|freq|fourier",
     epoch=r"\d{4}",
 
