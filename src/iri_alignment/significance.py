@@ -31,6 +31,13 @@ loss            per architecture with a SimCLR model: simclr vs standard and
 regularizer     per model: reg-free vs human-aligned vs adversarial (3 pairs)
 ==============  =================================================================
 
+With training replicates (``study.replicates``), every target of every
+replicate is one pair, matched within its replicate (model A of replicate r
+against model B of replicate r on the same target): the sign-flip test flips
+whole pairs and McNemar counts discordant pairs, so both are stratified by
+replicate (for matched pairs, McNemar on the pooled discordant counts is the
+Cochran-Mantel-Haenszel test), and the bootstrap resamples pairs.
+
 Every random draw comes from ``np.random.default_rng(seed)`` created afresh for
 each test, so a test's result depends only on its own data and the seed, not on
 which other tests ran. :func:`write_significance` writes the table as CSV and
@@ -299,8 +306,10 @@ def _sentence(result: dict, subject_a: str, subject_b: str, proxy: str, alpha: f
 
 
 def _outcome_matrix(outcomes: pd.DataFrame) -> pd.DataFrame:
-    """Wide table of outcomes: index target_index, columns (regime, arch, regularizer)."""
-    wide = outcomes.pivot_table(index="target_index", columns=["regime", "arch", "regularizer"], values="outcome",
+    """Wide table of outcomes: index target_index (and replicate, when the outcomes have one),
+    columns (regime, arch, regularizer). Pairs are matched within a replicate, never across."""
+    index = ["replicate", "target_index"] if "replicate" in outcomes.columns else "target_index"
+    wide = outcomes.pivot_table(index=index, columns=["regime", "arch", "regularizer"], values="outcome",
                                 aggfunc="first")
     return wide.sort_index(axis=1)
 

@@ -177,12 +177,22 @@ def build_report(results: Path, out_tables: Path, out_figures: Path, *, structur
     tables_written += validity_paths
     for m, why in failures.items():
         log.error("%s is below its accuracy floor (%s): not data; left out of the significance tests", m, why)
-    tests, not_tested = run_significance(res, [m for m in final if m not in failures], structural_proxy, alpha=alpha,
-                                         permutations=permutations, bootstrap=bootstrap, seed=seed)
+    tested = [m for m in final if m not in failures]
+    test_kw = {"alpha": alpha, "permutations": permutations, "bootstrap": bootstrap, "seed": seed}
+    tests, not_tested = run_significance(res, tested, structural_proxy, **test_kw)
+    replicates = sorted(res.outcomes["replicate"].unique()) if "replicate" in res.outcomes.columns else []
+    by_replicate = pd.DataFrame()
+    if len(replicates) > 1:  # every direction per replicate too (pooled above)
+        by_replicate = pd.concat([run_significance(res, tested, structural_proxy, replicate=r, **test_kw)[0]
+                                  .assign(replicate=r) for r in replicates], ignore_index=True)
+        with atomic_write(out_tables / "significance_by_replicate.csv", "w") as fh:
+            by_replicate.to_csv(fh, index=False)
+        tables_written.append(out_tables / "significance_by_replicate.csv")
     not_tested += [f"{m}: below its accuracy floor ({why}); left out of every test" for m, why in sorted(failures.items())]
     tables_written += significance.write_significance(tests, not_tested, out_tables, proxy=structural_proxy, alpha=alpha)
     skipped += [f"significance: {s}" for s in not_tested]
-    tables_written += write_summary(res, cells, tests, proxies, machine, failures, out_tables, profile=profile)
+    tables_written += write_summary(res, cells, tests, proxies, machine, failures, out_tables, profile=profile,
+                                    by_replicate=by_replicate)
 
     figures = copy_grids(res, out_figures / "grids")
     if not figures:
@@ -215,11 +225,15 @@ def build_report(results: Path, out_tables: Path, out_figures: Path, *, structur
             "proxy": structural_proxy, "headline": headline, "failed": failures, "machine": machine}
 
 
-def run_significance(res: Results, models: list[str], proxy: str, **kw) -> tuple[pd.DataFrame, list[str]]:
+def run_significance(res: Results, models: list[str], proxy: str, *, replicate: int | None = None,
+                     **kw) -> tuple[pd.DataFrame, list[str]]:
     """The significance tests of ``models`` under ``proxy``, on the 2AFC margin and on clustering
     (raw 2AFC only for scores written before the null existed): one table, Holm within each
-    family and measure."""
+    family and measure. Every replicate's targets pooled (pairs matched within a replicate),
+    or only replicate ``replicate``'s."""
     part = res.outcomes[(res.outcomes["proxy"] == proxy) & res.outcomes["model_id"].isin(models)]
+    if replicate is not None:
+        part = part[part["replicate"] == replicate]
     part = part.assign(arch=part["model_id"].map(res.models["arch"]), regime=part["model_id"].map(res.models["regime"]))
     has_margin = part["2afc_margin"].notna().all() if not part.empty else True
     tables, skipped = [], []

@@ -28,21 +28,27 @@ def summarise_cells(res: Results, *, bootstrap: int = 2000, seed: int = 0) -> pd
 
     Returns:
         columns ``model_id``, ``regularizer``, ``proxy``, ``task``, ``mean``,
-        ``std``, ``n``, ``ci_low``, ``ci_high`` (percent, :func:`scoring.summarise`),
+        ``std``, ``n``, ``ci_low``, ``ci_high`` (percent, :func:`scoring.summarise`,
+        over every target of every replicate), ``replicates`` (how many),
+        ``replicate_std`` (std of the replicates' means, ddof 1; NaN for one),
         ``n_iris``, ``n_unconverged``, ``self_scored``.
     """
     rows = []
-    for (model_id, regularizer, proxy), part in res.outcomes.groupby(["model_id", "regularizer", "proxy"], sort=True):
+    outcomes = res.outcomes if "replicate" in res.outcomes.columns else res.outcomes.assign(replicate=0)
+    for (model_id, regularizer, proxy), part in outcomes.groupby(["model_id", "regularizer", "proxy"], sort=True):
         info = res.sets.loc[(model_id, regularizer)]
         for task in (*TASKS, *NULL_TASKS):
             if part[task].isna().all():  # scored before the null existed
                 continue
+            by_replicate = 100 * part.groupby("replicate")[task].mean()
             rows.append({"model_id": model_id, "regularizer": regularizer, "proxy": proxy, "task": task,
                          **scoring.summarise(part[task].to_numpy(dtype=np.float64), bootstrap, seed),
+                         "replicates": len(by_replicate),
+                         "replicate_std": by_replicate.std(ddof=1) if len(by_replicate) > 1 else np.nan,
                          "n_iris": int(info["n_iris"]), "n_unconverged": int(info["n_unconverged"]),
                          "self_scored": info["self_proxy"] == proxy})
-    columns = ["model_id", "regularizer", "proxy", "task", "mean", "std", "n", "ci_low", "ci_high", "n_iris",
-               "n_unconverged", "self_scored"]
+    columns = ["model_id", "regularizer", "proxy", "task", "mean", "std", "n", "ci_low", "ci_high", "replicates",
+               "replicate_std", "n_iris", "n_unconverged", "self_scored"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -69,7 +75,8 @@ def over_proxy_cells(cells: pd.DataFrame, proxies: Sequence[str]) -> pd.DataFram
         use = use.sort_values("proxy", key=lambda names: names.map(list(proxies).index))
         cell = scoring.summarise_over_proxies(dict(zip(use["proxy"], use["mean"])))
         rows.append({"model_id": model_id, "regularizer": regularizer, "proxy": "over-proxies", "task": task, **cell,
-                     "ci_low": np.nan, "ci_high": np.nan, "n_iris": int(part["n_iris"].iat[0]),
+                     "ci_low": np.nan, "ci_high": np.nan, "replicates": int(part["replicates"].iat[0]),
+                     "replicate_std": np.nan, "n_iris": int(part["n_iris"].iat[0]),
                      "n_unconverged": int(part["n_unconverged"].iat[0]), "self_scored": bool(use["self_scored"].any()),
                      "proxies_used": ",".join(use["proxy"])})
     return pd.DataFrame(rows, columns=[*cells.columns, "proxies_used"])

@@ -11,7 +11,7 @@ import pandas as pd
 
 from iri_alignment import validity
 from iri_alignment.io import read_json
-from iri_alignment.plan import parse_model_id
+from iri_alignment.plan import base_model_id, parse_model_id, replicate_of
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,17 @@ class Results:
         sets: one row per scored (model, regularizer): ``n_iris``, ``n_unconverged``, ``n_specific``,
             ``has_specific`` (the set recorded the inversion's null),
             ``self_proxy`` (the proxy an adversarial set was optimised against, or "").
-        grids: ``(model_id, regularizer, path)`` of every IRI set's ``grid.png``.
+        grids: ``(model_id, regularizer, path)`` of every IRI set's ``grid.png`` (``model_id``
+            with its replicate: one grid per trained model).
         skipped: what could not be read, and why.
+        replicates: one row per trained model (index its id with ``-r<k>``): the columns of
+            ``models`` plus ``model`` (the id without the replicate) and ``replicate``.
+
+    With ``study.replicates`` > 1 every table is pooled over replicates: ``models`` has one
+    row per model (accuracies are the mean over replicates, ``clean_acc_std`` etc. their
+    std, ``n_replicates``; ``passed`` is False when any replicate is below its floor), and
+    ``outcomes`` has the replicate's outcomes under the model's id with a ``replicate`` column,
+    so that paired comparisons match targets within a replicate (:mod:`iri_alignment.significance`).
     """
 
     root: Path
@@ -68,6 +77,7 @@ class Results:
     sets: pd.DataFrame
     grids: list[tuple[str, str, Path]]
     skipped: list[str] = field(default_factory=list)
+    replicates: pd.DataFrame | None = None
 
 
 def _model_row(root: Path, model_id: str, meta_hint: dict | None, floors: dict | None = None) -> dict:
@@ -198,9 +208,14 @@ def load_results(results: str | Path, *, converged_below: float = 0.1, floors: d
     models["epoch"] = models["epoch"].astype("Int64")
     models["final_epoch"] = pd.to_numeric(models["final_epoch"]).astype("Int64")
     models = models.set_index("model_id")
+    replicates = models.assign(model=[base_model_id(m) for m in models.index],
+                               replicate=[replicate_of(m) for m in models.index])
+    models = pool_models(replicates)
 
     outcomes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=OUTCOME_COLUMNS)
-    iris = outcomes.drop_duplicates(["model_id", "regularizer", "index"])
+    outcomes["replicate"] = [replicate_of(m) for m in outcomes["model_id"]]
+    outcomes["model_id"] = [base_model_id(m) for m in outcomes["model_id"]]
+    iris = outcomes.drop_duplicates(["model_id", "regularizer", "replicate", "index"])
     sets = iris.groupby(["model_id", "regularizer"]).agg(n_iris=("index", "size"), n_unconverged=("unconverged", "sum"),
                                                          n_specific=("rep_specific", "sum"),
                                                          has_specific=("rep_specific", lambda v: v.notna().all()))
@@ -208,6 +223,37 @@ def load_results(results: str | Path, *, converged_below: float = 0.1, floors: d
                   .first())
     sets["self_proxy"] = self_proxy.reindex(sets.index).fillna("")
     sets["n_unconverged"] = sets["n_unconverged"].astype(int)
-    return Results(root, models, outcomes, sets, grids, skipped)
+    return Results(root, models, outcomes, sets, grids, skipped, replicates)
+
+
+ACCURACIES = ("clean_acc", "robust_acc", "probe_acc")
+
+
+def pool_models(replicates: pd.DataFrame) -> pd.DataFrame:
+    """One row per model from one row per trained replicate (``model`` and ``replicate`` columns):
+    mean accuracies with their std over replicates (``<acc>_std``, NaN for one replicate),
+    ``n_replicates``, and ``passed`` False when any replicate is below its floor (its
+    ``below_floor`` reasons are listed per replicate)."""
+    rows = []
+    for model, part in replicates.sort_values("replicate").groupby("model", sort=True):
+        row = part.iloc[0].drop(["model", "replicate"]).to_dict()
+        for acc in ACCURACIES:
+            values = part[acc].astype(float)
+            row[acc] = values.mean()
+            row[f"{acc}_std"] = values.std(ddof=1) if values.notna().sum() > 1 else np.nan
+        checks = part["passed"].dropna()
+        row["passed"] = bool(checks.all()) if len(checks) else pd.NA
+        failed = part[part["below_floor"] != ""]
+        row["below_floor"] = "; ".join(
+            (f"replicate {r}: {why}" if len(part) > 1 else why) for r, why in zip(failed["replicate"], failed["below_floor"]))
+        row["n_replicates"] = len(part)
+        rows.append({"model_id": model, **row})
+    pooled = pd.DataFrame(rows)
+    if pooled.empty:
+        return replicates.drop(columns=["model", "replicate"]).assign(n_replicates=pd.Series(dtype="Int64"))
+    pooled = pooled.set_index("model_id")
+    for column in ("epoch", "final_epoch"):
+        pooled[column] = pd.to_numeric(pooled[column]).astype("Int64")
+    return pooled
 
 

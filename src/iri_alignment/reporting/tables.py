@@ -51,6 +51,7 @@ class _Marks:
         self.self_scored: set[tuple[str, str]] = set()
         self.failed: set[str] = set()
         self.missing = False
+        self.replicated = False
 
     def text(self, cell: pd.Series | None) -> str:
         """``"mean ± std (n=..)"`` plus marks; ``–`` for no cell."""
@@ -58,7 +59,11 @@ class _Marks:
             self.missing = True
             return MISSING
         std = f" ± {cell['std']:.2f}" if np.isfinite(cell["std"]) else ""
-        text = f"{cell['mean']:.2f}{std} (n={int(cell['n'])})"
+        runs = ""
+        if np.isfinite(cell.get("replicate_std", np.nan)):
+            self.replicated = True
+            runs = f", {int(cell['replicates'])} runs ± {cell['replicate_std']:.2f}"
+        text = f"{cell['mean']:.2f}{std} (n={int(cell['n'])}{runs})"
         key = (cell["model_id"], cell["regularizer"])
         if cell["n_unconverged"] > 0:
             self.unconverged[key] = (int(cell["n_unconverged"]), int(cell["n_iris"]))
@@ -84,6 +89,9 @@ class _Marks:
             listed = "; ".join(f"{model_label(self.models, m)}: {self.models.at[m, 'below_floor']}" for m in sorted(self.failed))
             notes.append(f"{FAILED} FAILED: below its accuracy floor (evaluation.floor), so not data; left out of the "
                          f"significance tests and the directions: {listed}.")
+        if self.replicated:
+            notes.append("With training replicates, mean ± std and n are over every target of every replicate; "
+                         "\"k runs ± s\" is the std over the k replicates' own means (the spread between training runs).")
         if self.missing:
             notes.append(f"{MISSING} no data.")
         return notes
