@@ -25,9 +25,10 @@ $(STAMP): requirements.lock pyproject.toml
 test: setup  ## run the test suite (installs first)
 	$(BIN)/pytest
 
-demo: setup  ## run the embedded study on this CPU, no network (24 minutes on 2 cores)
+demo: setup  ## run the embedded study on this CPU, no network (see README "Speed" for the time on 2 cores)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores all --config profile=embedded
-	@echo "Tables:  $(CURDIR)/results/tables/  (summary.md, validity.md, alignment_by_regularizer.md, significance.md, ...)"
+	$(BIN)/iri timings --results results
+	@echo "Tables:  $(CURDIR)/results/tables/  (summary.md, validity.md, timings.md, alignment_by_regularizer.md, significance.md, ...)"
 	@echo "Figures: $(CURDIR)/results/figures/ (IRI grids in grids/, alignment plots)"
 	@echo "Runs:    .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 

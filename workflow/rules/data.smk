@@ -5,6 +5,8 @@
 rule prepare_data:
     output:
         data_inputs(),
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_data/data.tsv",
     log:
         f"{RESULTS}/logs/data.log",
     params:

@@ -8,6 +8,8 @@ rule invert:
         checkpoint_of,
     output:
         f"{RESULTS}/iris/{{model}}/{{regularizer}}/meta.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/invert/{{model}}-{{regularizer}}.tsv",
     log:
         f"{RESULTS}/iris/{{model}}/{{regularizer}}.log",
     params:

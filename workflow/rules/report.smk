@@ -9,6 +9,8 @@ rule report:
     output:
         significance=f"{RESULTS}/tables/significance.csv",
         summary=f"{RESULTS}/tables/summary.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/report.tsv",
     log:
         f"{RESULTS}/logs/report.log",
     params:
@@ -29,6 +31,8 @@ rule validity:
         rules.report.output.summary,
     output:
         f"{RESULTS}/logs/validity.txt",
+    benchmark:
+        f"{RESULTS}/benchmarks/validity/validity.tsv",
     params:
         study=STUDY,
         results=lambda wc, input: os.path.dirname(os.path.dirname(input[0])),

@@ -8,6 +8,8 @@ rule score:
     output:
         csv=f"{RESULTS}/scores/{{model}}/{{regularizer}}.csv",
         summary=f"{RESULTS}/scores/{{model}}/{{regularizer}}.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/score/{{model}}-{{regularizer}}.tsv",
     log:
         f"{RESULTS}/scores/{{model}}/{{regularizer}}.log",
     params:
