@@ -142,3 +142,23 @@ def test_a_model_below_its_floor_fails_the_run_naming_it(workspace):
     _run(snakemake, ws, env)
     _set(ws / "params.yaml", "profiles.smoke.evaluation.floor.robust.clean", 0)
     _set(ws / "params.yaml", "profiles.smoke.report.allow_failed", False)
+
+
+def test_raising_the_replicates_runs_only_the_new_replicate(workspace):
+    ws, env, _ = workspace
+    models, iris = _mtimes(ws, "results/models/*/model.pt"), _mtimes(ws, "results/iris/*/*/meta.json")
+    _set(ws / "params.yaml", "profiles.smoke.study.replicates", 2)
+    _set(ws / "params.yaml", "profiles.smoke.inversion.replicates", {"human-aligned": 1, "adversarial": 1})
+    _run([str(BIN / "snakemake"), "--cores", "all"], ws, env)
+    after_models, after_iris = _mtimes(ws, "results/models/*/model.pt"), _mtimes(ws, "results/iris/*/*/meta.json")
+    assert {k: after_models[k] for k in models} == models and {k: after_iris[k] for k in iris} == iris
+    assert set(after_models) - set(models) == {f"results/models/resnet18-{g}-r1/model.pt"
+                                               for g in ("standard", "adversarial", "simclr")}
+    new_sets = set(after_iris) - set(iris)
+    assert new_sets and all("-r1" in k and "/reg-free/" in k for k in new_sets)
+    mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["nanda2023-smoke"], output_format="list")
+    tagged = {(r.data.tags.get("stage"), r.data.tags.get("replicate")) for r in runs}
+    assert {("train", "1"), ("evaluate", "1"), ("invert", "1"), ("score", "1"), ("train", "0")} <= tagged
+    summary = (ws / "results" / "tables" / "summary.md").read_text()
+    assert "2 runs" not in summary and "pooled" in summary  # directions pooled over the two replicates
