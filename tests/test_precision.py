@@ -1,11 +1,12 @@
 """study.precision: fp32 stays the reference; bf16 autocast (the fast path) is bounded against it
 on the smoke profile.
 
-Tolerances (stated here, measured on a 2-core Xeon with AMX, where bf16 is native):
+Tolerances (stated here; measured on a 2-core Xeon with AMX, where bf16 is native):
 training, the smoke ResNet18 after one epoch on the same batches: loss within 0.05
-and training accuracy within 5 points of fp32 (measured: |d loss| ~0.003, d acc <= 1
-point); inversion, 100 reg-free steps on the smoke targets: the same targets converge,
-mean rep loss within 0.02 of fp32 (measured ~0.002).
+and training accuracy within 5 points of fp32 (measured: loss 2.383 vs 2.397, accuracy
+10.0 vs 10.5%); inversion, 100 reg-free steps on the smoke targets: the same targets
+converge, mean rep loss within 0.02 of fp32 (measured 0.0897 vs 0.0949, 6 of 10
+converged either way).
 """
 
 from __future__ import annotations
