@@ -27,6 +27,17 @@ def params_file(tmp_path, repo) -> Path:
     return dst
 
 
+@pytest.fixture
+def smoke(repo, tmp_path, monkeypatch) -> dict:
+    """Smoke-profile params with data under tmp_path; the test runs from tmp_path."""
+    from iri_alignment.params import load_params
+
+    monkeypatch.chdir(tmp_path)
+    params = load_params(repo / "params.yaml", "smoke")
+    params["data"]["root"] = str(tmp_path / "data")
+    return params
+
+
 @pytest.fixture(autouse=True)
 def isolated_tracking(tmp_path_factory, monkeypatch):
     """Every test logs to its own MLflow store, never the repository's."""

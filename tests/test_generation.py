@@ -16,7 +16,6 @@ from iri_alignment.checkpoints import save_checkpoint
 from iri_alignment.inversion import InversionResult, make_seed, representation_fn
 from iri_alignment.irisets import grid_image, read_iriset, to_uint8
 from iri_alignment.models import build_model
-from iri_alignment.params import load_params
 from iri_alignment.proxies import get_proxy, paired
 from iri_alignment.scoring import clustering_triplets
 
@@ -24,10 +23,8 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture
-def study(repo, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    params = load_params(repo / "params.yaml", "smoke")
-    params["data"]["root"] = str(tmp_path / "data")
+def study(smoke, tmp_path):
+    params = smoke
     params["inversion"]["iterations"] = 4
     params["inversion"]["iterations_by_regularizer"] = {"reg-free": 3}
     params["inversion"]["batch_size"] = 6  # 10 targets: two batches

@@ -18,19 +18,10 @@ from iri_alignment import devices
 from iri_alignment.generation import load_targets
 from iri_alignment.inversion import invert, make_seed, representation_fn
 from iri_alignment.models import build_model
-from iri_alignment.params import load_params
 from iri_alignment.regularizers import make_objective, rep_loss
 from iri_alignment.training import train
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture
-def smoke(repo, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    params = load_params(repo / "params.yaml", "smoke")
-    params["data"]["root"] = str(tmp_path / "data")
-    return params
 
 
 def test_unknown_precision_is_named():

@@ -19,15 +19,6 @@ from iri_alignment.params import load_params
 from iri_alignment.training import REGIMES, train
 
 
-@pytest.fixture
-def smoke(repo, tmp_path, monkeypatch):
-    """Smoke params with data under tmp_path; tests run from tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    params = load_params(repo / "params.yaml", "smoke")
-    params["data"]["root"] = str(tmp_path / "data")
-    return params
-
-
 def runs(params):
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     return mlflow.search_runs(experiment_names=[f"{params['study']['name']}-{params['profile']}"], output_format="list")
