@@ -74,7 +74,7 @@ def test_failing_levers_are_recorded_not_kept(run):
     report, _ = run
     rows = {r["variant"]: r for r in report["variants"]["inversion"]}
     assert "no compiler here" in rows["compile"]["error"] and not rows["compile"]["kept"]
-    vmap = rows["vmap 2 replicates"]  # FakeReLU has no vmap rule (yet): an error, or a rate
+    vmap = rows["vmap 2 replicates"]  # a rate; an error row where a model cannot be vmapped
     assert vmap["error"] or vmap["rate"] > 0
     probe = rows["vmap 2 replicates, fake_relu off (probe)"]
     assert probe["probe"] and not probe["kept"] and probe["rate"] > 0

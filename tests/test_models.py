@@ -202,6 +202,14 @@ def test_fake_relu_forward_is_relu_and_gradient_is_identity():
     assert not torch.equal(real_grad, grad)
 
 
+def test_fake_relu_works_under_torch_func_vmap_and_grad():
+    """Stacked replicate models (torch.func.vmap) can invert through the fake ReLU."""
+    x = torch.tensor([[-1.0, 2.0], [3.0, -4.0], [0.5, -0.5]])
+    assert torch.equal(torch.func.vmap(FakeReLU.apply)(x), x.clamp(min=0))
+    grads = torch.func.vmap(torch.func.grad(lambda v: (FakeReLU.apply(v) * torch.tensor([1.0, 2.0])).sum()))(x)
+    assert torch.equal(grads, torch.tensor([[1.0, 2.0]] * 3))  # identity Jacobian, also where x < 0
+
+
 def _check_fake_relu(model: ImageClassifier, last_affine, x: torch.Tensor) -> None:
     """Switch off rep unit 0 by a huge negative bias before the last ReLU, then compare gradients.
 

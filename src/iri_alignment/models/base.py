@@ -40,11 +40,19 @@ class FakeReLU(torch.autograd.Function):
     (Engstrom et al. 2019, "Adversarial robustness as a prior for learned
     representations"; ``fake_relu`` in MadryLab's ``robustness`` library): a
     target unit at zero otherwise gets no gradient and can never be matched.
+    Written in the ``setup_context`` form, so ``torch.func`` transforms
+    (``vmap`` over stacked replicate models, ``grad``) work through it.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor) -> torch.Tensor:
         return x.clamp(min=0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass  # the backward needs nothing saved
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
