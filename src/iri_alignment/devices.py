@@ -81,3 +81,4 @@ def compile_mode(device: torch.device | str, enabled: bool) -> str | None:
     if not enabled:
         return None
     return "reduce-overhead" if torch.device(device).type == "cuda" else "default"
+

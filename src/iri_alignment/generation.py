@@ -26,7 +26,8 @@ from iri_alignment.devices import compile_mode
 from iri_alignment.io import atomic_write
 from iri_alignment.inversion import RANDOM_SEED_KINDS, invert, make_seed, representation_distances
 from iri_alignment.irisets import write_iriset
-from iri_alignment.params import inversion_iterations, inversion_restarts, params_hash, regularizer_section
+from iri_alignment.params import (fast_path_settings, inversion_iterations, inversion_restarts, params_hash,
+                                  regularizer_section)
 from iri_alignment.regularizers import make_objective
 from iri_alignment.tracking import log_artifact, log_metrics, start_run
 
@@ -201,11 +202,8 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
     settings = {"regularizer": regularizer, "seed_type": seed_type, "iterations": iterations, "step_size": inv["step_size"],
                 "fake_relu": inv["fake_relu"], "restarts": restarts, "section": regularizer_section(params, regularizer),
                 "targets": [int(i) for i in indices], "checkpoint_hash": ckpt.meta["params_hash"]}
+    settings.update(fast_path_settings(params["study"]))
     precision = params["study"].get("precision", "fp32")
-    if precision != "fp32":  # fp32 eager sets keep the hashes they had before these keys existed
-        settings["precision"] = precision
-    if params["study"].get("compile"):
-        settings["compile"] = True
     job_hash = params_hash(settings)
 
     tags = {"dataset": ckpt.meta["dataset"], "arch": ckpt.meta["arch"], "regime": ckpt.meta["regime"],
@@ -217,8 +215,8 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
         objective_for = functools.partial(make_objective, regularizer, settings["section"], proxy=proxy)
         invert_batches = functools.partial(
             _invert_batches, model, objective_for=objective_for,
-            inv={**inv, "precision": precision,
-                 "compile_mode": compile_mode(device, params["study"].get("compile", False))}, iterations=iterations, partial=partial, job_hash=job_hash, progress=progress,
+            inv={**inv, "precision": precision, "compile_mode": compile_mode(device, params["study"].get("compile", False))},
+            iterations=iterations, partial=partial, job_hash=job_hash, progress=progress,
             checkpoint_every=checkpoint_every)
         best = invert_batches(targets, seeds[0], prefix="", gen_seed=study_seed)
         seed_of = torch.zeros(len(indices), dtype=torch.long)

@@ -272,3 +272,15 @@ def _cross_key_problems(params: dict) -> list[str]:
         if name not in params["training"]["contrastive"]["variants"]:
             problems.append(f"training.contrastive_regimes names {name!r} but training.contrastive.variants.{name} is not defined")
     return problems
+
+
+def fast_path_settings(study: dict) -> dict:
+    """The keys of ``study`` (``precision``, ``compile``) that change a job's numbers, for its hash:
+    empty on the reference path (fp32, eager), so reference jobs keep the hashes they had before
+    these keys existed and are not rerun."""
+    settings = {}
+    if study.get("precision", "fp32") != "fp32":
+        settings["precision"] = study["precision"]
+    if study.get("compile"):
+        settings["compile"] = True
+    return settings

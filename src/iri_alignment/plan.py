@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 
 from iri_alignment.data.specs import get_spec
-from iri_alignment.params import inversion_iterations, inversion_restarts, params_hash, regularizer_section
+from iri_alignment.params import (fast_path_settings, inversion_iterations, inversion_restarts, params_hash,
+                                  regularizer_section)
 
 MODEL_ID = re.compile(r"^(?P<arch>[a-z0-9]+)-(?P<regime>[a-z-]+?)(?:-r(?P<replicate>[1-9]\d*))?(?:@(?P<epoch>\d{4}))?$")
 
@@ -168,13 +169,8 @@ def inversion_hash(params: dict, regularizer: str) -> str:
     common.pop("epochs_regularizer", None)  # which checkpoints are inverted, not how: inversion_jobs reads it
     common["iterations"] = inversion_iterations(params, regularizer)
     common["restarts"] = inversion_restarts(params, regularizer)
-    settings = {**common, "section": regularizer_section(params, regularizer), "seed": params["study"]["seed"]}
-    precision = params["study"].get("precision", "fp32")
-    if precision != "fp32":  # fp32 eager sets keep the hashes they had before these keys existed
-        settings["precision"] = precision
-    if params["study"].get("compile"):
-        settings["compile"] = True
-    return params_hash(settings)
+    return params_hash({**common, "section": regularizer_section(params, regularizer), "seed": params["study"]["seed"],
+                        **fast_path_settings(params["study"])})
 
 
 def scoring_hash(params: dict) -> str:

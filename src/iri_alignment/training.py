@@ -41,7 +41,7 @@ from iri_alignment.data.loading import open_split
 from iri_alignment.devices import autocast
 from iri_alignment.io import write_json
 from iri_alignment.models import build_model
-from iri_alignment.params import params_hash
+from iri_alignment.params import fast_path_settings, params_hash
 from iri_alignment.plan import model_id as model_name
 from iri_alignment.tracking import log_metrics, set_tags, start_run
 
@@ -96,10 +96,8 @@ def run_hash(params: dict, dataset: str, arch: str, regime: str, replicate: int 
         "augmentation": params["data"]["augmentation"], "shapes": params["data"]["shapes"] if dataset == "shapes" else None,
         "seed": training_seed(params, replicate),
     }
-    precision = params["study"].get("precision", "fp32")
-    if precision != "fp32":  # fp32 runs keep the hashes they had before the key existed
-        settings["precision"] = precision
-    return params_hash(settings)
+    # precision only: study.compile concerns the inversion, not training
+    return params_hash({**settings, **{k: v for k, v in fast_path_settings(params["study"]).items() if k == "precision"}})
 
 
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
