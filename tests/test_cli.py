@@ -36,7 +36,7 @@ def test_console_script_is_installed(repo):
 
 def test_params_check_valid(run, params_file):
     res = run("params", "check", str(params_file))
-    assert res.exit_code == 0 and "valid (paper, embedded, smoke)" in res.output
+    assert res.exit_code == 0 and "valid (paper, embedded, imagenet, smoke)" in res.output
 
 
 def test_params_check_invalid_exits_nonzero_naming_the_key(run, params_file):

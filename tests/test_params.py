@@ -22,7 +22,7 @@ def edit(path, mutate):
 
 
 def test_repository_params_are_valid_for_every_profile(repo):
-    assert check_file(repo / "params.yaml") == ["paper", "embedded", "smoke"]
+    assert check_file(repo / "params.yaml") == ["paper", "embedded", "imagenet", "smoke"]
 
 
 def test_default_is_the_full_paper_study(repo):

@@ -162,3 +162,35 @@ def test_raising_the_replicates_runs_only_the_new_replicate(workspace):
     assert {("train", "1"), ("evaluate", "1"), ("invert", "1"), ("score", "1"), ("train", "0")} <= tagged
     summary = (ws / "results" / "tables" / "summary.md").read_text()
     assert "2 runs" not in summary and "pooled" in summary  # directions pooled over the two replicates
+
+
+def test_an_external_model_is_studied_like_a_trained_one_without_training(workspace):
+    """A smoke-trained checkpoint declared in models.external (source factory): inspect, evaluate,
+    invert, score and report run for it; no model is trained and no other IRI set is touched."""
+    import hashlib
+
+    ws, env, _ = workspace
+    weights = ws / "weights" / "mine.pt"
+    weights.parent.mkdir()
+    shutil.copy(ws / "results" / "models" / "resnet18-standard" / "model.pt", weights)
+    models, iris = _mtimes(ws, "results/models/*/model.pt"), _mtimes(ws, "results/iris/*/*/meta.json")
+    entry = {"id": "resnet18-mine", "source": "factory", "arch": "resnet18", "factory": "iri_alignment.models:build_model",
+             "factory_kwargs": {"dataset": "shapes", "arch": "resnet18", "width": 0.0625},
+             "weights": {"file": "weights/mine.pt", "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()},
+             "fake_relu": False, "training": {"regime": "standard"}}
+    _set(ws / "params.yaml", "profiles.smoke.models.external", [entry])
+    _run([str(BIN / "snakemake"), "--cores", "all"], ws, env)
+    results = ws / "results"
+    descriptor = yaml.safe_load((results / "models" / "resnet18-mine" / "external.json").read_text())
+    assert descriptor["inspection"]["layer"] == "backbone.fc" and descriptor["inspection"]["checks"]["deterministic"]
+    assert _mtimes(ws, "results/models/*/model.pt") == models
+    after_iris = _mtimes(ws, "results/iris/*/*/meta.json")
+    assert {k: after_iris[k] for k in iris} == iris
+    assert set(after_iris) - set(iris) == {f"results/iris/resnet18-mine/{r}/meta.json"
+                                           for r in ("reg-free", "human-aligned", "adversarial")}
+    evaluation = yaml.safe_load((results / "evaluation" / "resnet18-mine.json").read_text())
+    trained = yaml.safe_load((results / "evaluation" / "resnet18-standard.json").read_text())
+    assert evaluation["external"] and evaluation["clean_acc"] == trained["clean_acc"]  # the same weights
+    validity = yaml.safe_load((results / "tables" / "validity.json").read_text())
+    assert "resnet18-mine" in {m["model"] for m in validity["models"]}
+    assert "external resnet18-mine" in (results / "tables" / "alignment_by_regularizer.md").read_text()

@@ -102,7 +102,8 @@ def score(params: dict, *, iris: str | Path, proxies, out: str | Path, device) -
     tags = {"dataset": model["dataset"], "arch": model["arch"], "regime": model["regime"],
             "regularizer": meta["regularizer"], "params_hash": meta["hash"], "iris": str(iris),
             "replicate": model.get("replicate", 0)}
-    name = f"{model_id(model['arch'], model['regime'], replicate=model.get('replicate', 0))}-{meta['regularizer']}"
+    mid = model["id"] if model.get("external") else model_id(model["arch"], model["regime"], replicate=model.get("replicate", 0))
+    name = f"{mid}-{meta['regularizer']}"
     with start_run(params, stage="score", name=name, tags=tags,
                    log_params={"proxies": ",".join(proxies), "ties": cfg["ties"], "clustering_seed": cfg["clustering_seed"],
                                "bootstrap": cfg["bootstrap"]}):

@@ -131,8 +131,19 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", expect: 
     Returns ``(model, checkpoint)`` with the model in eval mode on ``device``.
     A state dict that does not fit the architecture raises a CheckpointError
     listing the missing, unexpected and mis-shaped tensors.
+
+    ``path`` may also be an external model's descriptor (``external.json``,
+    :mod:`iri_alignment.external`): the model is rebuilt from its pinned
+    weights file, and ``checkpoint.meta`` carries the entry's provenance.
     """
     from iri_alignment.models import build_model
+
+    if str(path).endswith(".json"):
+        from iri_alignment.external import load_descriptor
+
+        model, meta = load_descriptor(path, device=device)
+        check_expected(meta, path, expect)
+        return model, Checkpoint(meta=meta, model={}, path=Path(path))
 
     ckpt = load_checkpoint(path, expect=expect)
     meta = ckpt.meta

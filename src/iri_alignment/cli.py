@@ -171,7 +171,7 @@ def data_prepare(dataset: str, root: str | None, no_download: bool, params_file:
 
 @cli.group("models")
 def models_group() -> None:
-    """Inspect the model registry."""
+    """The model registry, and external models (models.external): fetch and inspect."""
 
 
 @models_group.command("describe")
@@ -191,6 +191,47 @@ def models_list() -> None:
     from iri_alignment.models import ARCHITECTURES
 
     echo_json({family: list(archs) for family, archs in ARCHITECTURES.items()})
+
+
+@models_group.command("fetch")
+@click.option("--id", "model_id", required=True, help="An id of models.external.")
+@params_options
+def models_fetch(model_id, params_file, profile) -> None:
+    """Download an external model's weights.url to weights.file and verify its sha256."""
+    from iri_alignment.external import find_external
+    from iri_alignment.external.weights import fetch, sha256sum
+
+    path = fetch(find_external(load(params_file, profile), model_id))
+    echo_json({"id": model_id, "file": str(path), "sha256": sha256sum(path)})
+
+
+@models_group.command("inspect")
+@click.option("--id", "model_id", required=True, help="An id of models.external.")
+@click.option("--n", "n_images", default=256, show_default=True, type=click.IntRange(min=0),
+              help="Test images for top-1 accuracy (0: skip).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Write the descriptor the DAG inverts from (results/models/<id>/external.json).")
+@click.option("--fetch-missing", is_flag=True, help="Download a missing weights file from its pinned url first.")
+@params_options
+@device_option
+def models_inspect(model_id, n_images, out, fetch_missing, params_file, profile, device) -> None:
+    """Check an external model (layer, eval mode, determinism, input gradient, top-1) and print the report."""
+    from pathlib import Path
+
+    from iri_alignment.external import find_external
+    from iri_alignment.external.inspection import descriptor, inspect_external
+    from iri_alignment.io import write_json
+
+    params = load(params_file, profile)
+    model = find_external(params, model_id)
+    if fetch_missing and model.weights and not Path(model.weights["file"]).is_file():
+        from iri_alignment.external.weights import fetch
+
+        fetch(model)
+    report = inspect_external(model, params, device=_device(params, device), n=n_images)
+    if out:
+        write_json(out, descriptor(model, params, report))
+    echo_json(report)
 
 
 # -- training and evaluation ----------------------------------------------------------

@@ -36,13 +36,21 @@ log = logging.getLogger(__name__)
 CHECKPOINT_EVERY = 250  # inversion steps between resumable snapshots
 
 
-def select_targets(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+def select_targets(labels: np.ndarray, per_class: int, seed: int, classes: int | None = None) -> np.ndarray:
     """``per_class`` indices of each class, drawn without replacement with a
-    seeded generator, ordered by class (protocol 5: 10 per class)."""
+    seeded generator, ordered by class (protocol 5: 10 per class).
+
+    ``classes``: only that many classes, drawn by their own seeded generator;
+    default all (ImageNet's 100 targets: one from each of 100 classes)."""
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
     chosen = []
-    for c in np.unique(labels):
+    present = np.unique(labels)
+    if classes is not None:
+        if classes > len(present):
+            raise ValueError(f"inversion.targets.classes = {classes}, but the split has {len(present)} classes")
+        present = np.sort(np.random.default_rng([seed, 1]).choice(present, size=classes, replace=False))
+    for c in present:
         pool = np.flatnonzero(labels == c)
         if len(pool) < per_class:
             raise ValueError(f"class {c} has {len(pool)} images, fewer than the {per_class} targets asked for")
@@ -63,7 +71,7 @@ def load_targets(params: dict, *, device, indices=None) -> tuple[torch.Tensor, t
     split = open_split(params, "train" if cfg["faithful"] else cfg["split"])
     labels = split.labels.numpy()
     if indices is None:
-        indices = select_targets(labels, cfg["per_class"], params["study"]["seed"])
+        indices = select_targets(labels, cfg["per_class"], params["study"]["seed"], cfg.get("classes"))
     x, y = split.get(indices, device)
     if cfg["faithful"]:
         x = augment.augment("standard", x, params["data"]["augmentation"], torch.Generator().manual_seed(params["study"]["seed"]))
@@ -196,6 +204,10 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
     partial = out / ".partial"
     model, ckpt = load_model(checkpoint, device=device)
     params = {**params, "data": {**params["data"], "dataset": ckpt.meta["dataset"]}}
+    if ckpt.meta.get("external"):  # a folder dataset's images are resized to the model's input
+        from iri_alignment.data.folder import with_image_size
+
+        params = with_image_size(params, ckpt.meta["resolved"]["input_size"])
     targets, labels, indices = load_targets(params, device=device, indices=target_indices)
     study_seed = params["study"]["seed"]
     seeds = [make_seed(seed_type, targets.shape[1:], study_seed, device=device)]
@@ -209,7 +221,8 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
     tags = {"dataset": ckpt.meta["dataset"], "arch": ckpt.meta["arch"], "regime": ckpt.meta["regime"],
             "regularizer": regularizer, "params_hash": job_hash, "checkpoint": str(checkpoint),
             "replicate": ckpt.meta.get("replicate", 0), "precision": precision}
-    with start_run(params, stage="invert", name=f"{ckpt.meta['arch']}-{ckpt.meta['regime']}-{regularizer}", tags=tags,
+    name = ckpt.meta["id"] if ckpt.meta.get("external") else f"{ckpt.meta['arch']}-{ckpt.meta['regime']}"
+    with start_run(params, stage="invert", name=f"{name}-{regularizer}", tags=tags,
                    log_params={k: v for k, v in settings.items() if k != "targets"}):
         proxy = proxy_for(params, regularizer, device=device)  # built once, shared by the batches
         objective_for = functools.partial(make_objective, regularizer, settings["section"], proxy=proxy)

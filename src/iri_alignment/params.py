@@ -252,10 +252,12 @@ def _cross_key_problems(params: dict) -> list[str]:
             if arch not in allowed:
                 problems.append(
                     f"{key}[{i}] = {arch!r} is not available for dataset {params['data']['dataset']!r}; "
-                    f"allowed: {', '.join(allowed)}"
+                    f"allowed: {', '.join(allowed) or 'none (a folder dataset holds targets for external models; set models.archs: [] and training.contrastive.archs: [])'}"
                 )
     if family == "imagenet" and params["models"]["width"] != 1:
         problems.append(f"models.width = {params['models']['width']!r}: ImageNet models have no width multiplier; use 1.0")
+    if params["data"]["dataset"] == "folder" and not params["data"].get("folder"):
+        problems.append("data.dataset is folder but data.folder is not set: give data.folder.root (class sub-folders of images)")
     if params["data"]["dataset"] == "imagenet" and not params["data"].get("imagenet_root"):
         problems.append("data.imagenet_root is null: ImageNet is never downloaded; set it to a folder with train/ and val/")
     for name in params["training"]["regimes"]:
@@ -271,6 +273,30 @@ def _cross_key_problems(params: dict) -> list[str]:
     for name in params["training"]["contrastive_regimes"]:
         if name not in params["training"]["contrastive"]["variants"]:
             problems.append(f"training.contrastive_regimes names {name!r} but training.contrastive.variants.{name} is not defined")
+    problems += _external_problems(params)
+    return problems
+
+
+def _external_problems(params: dict) -> list[str]:
+    """``models.external``: unique ids that differ from every trained model's, and entries that parse."""
+    from iri_alignment.external.spec import ExternalModelError, parse_entry
+    from iri_alignment.plan import trained_model_ids
+
+    problems, seen = [], set()
+    trained = set(trained_model_ids(params))
+    for i, entry in enumerate(params["models"].get("external", [])):
+        where = f"models.external[{i}]"
+        if entry["id"] in seen:
+            problems.append(f"{where}.id = {entry['id']!r} is used twice; ids must be unique")
+        if entry["id"] in trained:
+            problems.append(f"{where}.id = {entry['id']!r} is also a model the study trains; choose another id")
+        seen.add(entry["id"])
+        try:
+            parse_entry(entry)
+        except ExternalModelError as err:
+            problems.append(f"{where}: {err}")
+    if not trained and not seen:
+        problems.append("models.archs and models.external are both empty: the study has no model to invert")
     return problems
 
 

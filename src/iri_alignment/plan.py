@@ -9,7 +9,10 @@ Snakemake rules, the report and the tests learn the layout of ``results/``.
     results/scores/<model_id>/<regularizer>.csv (+ .json)             alignment scores
     results/tables/, results/figures/                                 the report
 
-A ``model_id`` is ``<arch>-<regime>``, ``<arch>-<regime>-r<k>`` for training
+An external model (``models.external``) keeps the id of its entry and has a
+descriptor, ``results/models/<id>/external.json``, in place of ``model.pt``.
+
+A trained ``model_id`` is ``<arch>-<regime>``, ``<arch>-<regime>-r<k>`` for training
 replicate k >= 1 of ``study.replicates`` (replicate 0 keeps the plain id, so
 raising the count adds jobs and renames nothing), and either with
 ``@<epoch>`` for an intermediate SimCLR checkpoint (inverted under
@@ -25,7 +28,7 @@ from iri_alignment.data.specs import get_spec
 from iri_alignment.params import (fast_path_settings, inversion_iterations, inversion_restarts, params_hash,
                                   regularizer_section)
 
-MODEL_ID = re.compile(r"^(?P<arch>[a-z0-9]+)-(?P<regime>[a-z-]+?)(?:-r(?P<replicate>[1-9]\d*))?(?:@(?P<epoch>\d{4}))?$")
+MODEL_ID = re.compile(r"^(?P<arch>[a-z0-9]+)-(?P<regime>[a-z0-9-]+?)(?:-r(?P<replicate>[1-9]\d*))?(?:@(?P<epoch>\d{4}))?$")
 
 
 def model_id(arch: str, regime: str, epoch: int | None = None, replicate: int = 0) -> str:
@@ -69,6 +72,16 @@ def trained_model_ids(params: dict) -> list[str]:
     return [model_id(a, r, replicate=k) for k in replicates(params) for a, r in trained_models(params)]
 
 
+def external_ids(params: dict) -> list[str]:
+    """The ids of ``models.external`` (studied like trained models, never trained)."""
+    return [e["id"] for e in params["models"].get("external", [])]
+
+
+def study_model_ids(params: dict) -> list[str]:
+    """Every model the study evaluates and inverts: each trained replicate, then each external model."""
+    return trained_model_ids(params) + external_ids(params)
+
+
 def inverted_replicates(params: dict, regularizer: str) -> list[int]:
     """The replicates inverted under ``regularizer``: the first ``inversion.replicates[regularizer]``
     (default: all of them), so a costly regularizer can be run on fewer replicates than reg-free."""
@@ -91,6 +104,7 @@ def inversion_jobs(params: dict) -> list[tuple[str, str]]:
     inv = params["inversion"]
     jobs = [(model_id(a, r, replicate=k), reg) for reg in inv["regularizers"] for k in inverted_replicates(params, reg)
             for a, r in trained_models(params)]
+    jobs += [(mid, reg) for reg in inv["regularizers"] for mid in external_ids(params)]
     epochs_reg = inv["epochs_regularizer"]
     jobs += [(model_id(a, r, e, replicate=k), epochs_reg) for k in inverted_replicates(params, epochs_reg)
              for a, r in trained_models(params) for e in kept_epochs(params, r)]
@@ -124,6 +138,19 @@ def training_priority(params: dict, regime: str) -> float:
     return 50 + cfg["epochs"] * views * (1 + attack.get("steps", 0)) / 1000
 
 
+def model_file(params: dict, results: str | Path, mid: str) -> Path:
+    """What evaluate and invert load for ``mid``: its checkpoint, or an external model's descriptor."""
+    if mid in external_ids(params):
+        return Path(results) / "models" / mid / "external.json"
+    return checkpoint_path(results, mid)
+
+
+def external_hash(params: dict, mid: str) -> str:
+    """The inspection job's hash: the entry (its pinned sha256 included) and the study's dataset."""
+    entry = next(e for e in params["models"]["external"] if e["id"] == mid)
+    return params_hash({"entry": entry, "dataset": params["data"]["dataset"]})
+
+
 def checkpoint_path(results: str | Path, mid: str) -> Path:
     arch, regime, epoch = parse_model_id(mid)
     folder = Path(results) / "models" / model_id(arch, regime, replicate=replicate_of(mid))
@@ -135,7 +162,7 @@ def data_marker(params: dict) -> str | None:
     ImageNet, which is the user's folder and only checked)."""
     data = params["data"]
     name = data["dataset"]
-    if get_spec(name).family == "imagenet":
+    if get_spec(name).family in ("imagenet", "folder"):
         return None
     if name == "shapes":
         return f"{data['root']}/shapes/meta.json"

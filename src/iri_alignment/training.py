@@ -286,6 +286,17 @@ def evaluate_classifier(model, split, *, eps: float, steps: int, step_factor: fl
     return {"clean_acc": clean / n, "robust_acc": robust / n, "eps": eps, "attack_steps": steps, "n": n}
 
 
+def _unmatched_classes(params: dict, model) -> str:
+    """Why accuracy cannot be measured on a folder dataset (its class count is not the model's), or ""."""
+    if params["data"]["dataset"] != "folder":
+        return ""
+    from iri_alignment.data.folder import folder_info
+
+    n = folder_info(params)["num_classes"]
+    return "" if n == model.num_classes else (f"data.folder has {n} class folders but the model has "
+                                              f"{model.num_classes} classes")
+
+
 def evaluate_checkpoint(params: dict, checkpoint: str | Path, *, device, attack_steps: int | None = None,
                         eps: float | None = None, limit: int | None = None, out: str | Path | None = None) -> dict:
     """``iri evaluate``: clean and robust accuracy of a checkpoint (at the
@@ -295,23 +306,42 @@ def evaluate_checkpoint(params: dict, checkpoint: str | Path, *, device, attack_
     model, ckpt = load_model(checkpoint, device=device)
     meta = ckpt.meta
     params = {**params, "data": {**params["data"], "dataset": meta["dataset"]}}
+    if meta.get("external"):  # a folder dataset's images are resized to the model's input
+        from iri_alignment.data.folder import with_image_size
+
+        params = with_image_size(params, meta["resolved"]["input_size"])
     steps = attack_steps or params["evaluation"]["attack_steps"]
     replicate = meta.get("replicate", 0)
     tags = {"dataset": meta["dataset"], "arch": meta["arch"], "regime": meta["regime"], "params_hash": meta["params_hash"],
             "replicate": replicate}
-    with start_run(params, stage="evaluate", name=model_name(meta["arch"], meta["regime"], replicate=replicate), tags=tags,
+    if meta.get("external"):  # where the representation was read, for comparing runs of outside models
+        tags.update(external=meta["id"], source=meta["source"], layer=meta["resolved"]["layer"],
+                    rep_dim=model.rep_dim)
+    name = meta["id"] if meta.get("external") else model_name(meta["arch"], meta["regime"], replicate=replicate)
+    with start_run(params, stage="evaluate", name=name, tags=tags,
                    log_params={"checkpoint": str(checkpoint), "attack_steps": steps, "limit": limit}):
-        result = evaluate_classifier(model, open_split(params, "test"), eps=eps or meta["eps"], steps=steps,
-                                     step_factor=params["evaluation"]["step_factor"],
-                                     batch_size=params["data"]["eval_batch_size"], device=device, limit=limit, progress=True)
+        unmatched = _unmatched_classes(params, model)
+        if unmatched:  # your own images, labelled by folder: accuracy would compare unrelated indices
+            log.warning("%s; accuracy is not measured", unmatched)
+            result = {"clean_acc": None, "robust_acc": None, "eps": eps or meta["eps"], "attack_steps": steps,
+                      "n": 0, "note": unmatched}
+        else:
+            result = evaluate_classifier(model, open_split(params, "test"), eps=eps or meta["eps"], steps=steps,
+                                         step_factor=params["evaluation"]["step_factor"],
+                                         batch_size=params["data"]["eval_batch_size"], device=device, limit=limit,
+                                         progress=True)
         log_metrics(result)
         result = {"checkpoint": str(checkpoint), "dataset": meta["dataset"], "arch": meta["arch"], "regime": meta["regime"],
                   "replicate": replicate, "width": meta["width"], **{k: v for k, v in meta["metrics"].items() if k.startswith("probe")}, **result}
+        if meta.get("external"):
+            result.update(external=True, id=meta["id"], source=meta["source"], norm=meta["norm"])
         result["validity"] = validity.floor_check(result, meta["regime"], params["evaluation"]["floor"])
+        if unmatched:  # nothing to check against the floor; the tables say why
+            result["validity"] = {**result["validity"], "passed": True, "reasons": [], "note": unmatched}
         set_tags({"validity": "passed" if result["validity"]["passed"] else "failed"})
         if not result["validity"]["passed"]:
-            log.error("%s-%s is below its accuracy floor (evaluation.floor): %s; it is not data", meta["arch"],
-                      meta["regime"], ", ".join(result["validity"]["reasons"]))
+            log.error("%s is below its accuracy floor (evaluation.floor): %s; it is not data", name,
+                      ", ".join(result["validity"]["reasons"]))
     if out:
         write_json(out, result)
     return result

@@ -20,13 +20,14 @@ STUDY = f"--params {PARAMS_FILE} --profile {PROFILE}"
 ENV = "../../environment.yml"
 
 MODELS = plan.trained_model_ids(PARAMS)
+EXTERNAL = plan.external_ids(PARAMS)  # models.external: inspected, evaluated and inverted, never trained
 INVERSIONS = plan.inversion_jobs(PARAMS)
 
 
 wildcard_constraints:
     arch="[a-z0-9]+",
     regime="[a-z]+(-[a-z]+)*",
-    model=r"[a-z0-9]+-[a-z-]+?(-r[1-9]\d*)?(@\d{4})?",
+    model=r"[a-z0-9]+-[a-z0-9-]+?(-r[1-9]\d*)?(@\d{4})?",
     regularizer="reg-free|human-aligned|adversarial|freq|fourier",
     epoch=r"\d{4}",
 
@@ -37,4 +38,5 @@ def data_inputs(wildcards=None):
 
 
 def checkpoint_of(wildcards):
-    return str(plan.checkpoint_path(RESULTS, wildcards.model))
+    """A trained model's checkpoint, or an external model's descriptor (rules/external.smk)."""
+    return str(plan.model_file(PARAMS, RESULTS, wildcards.model))

@@ -63,7 +63,7 @@ use rule train as train_contrastive with:
 
 rule evaluate:
     input:
-        f"{RESULTS}/models/{{model}}/model.pt",
+        checkpoint_of,
     output:
         f"{RESULTS}/evaluation/{{model}}.json",
     benchmark:
@@ -82,11 +82,12 @@ rule evaluate:
         "iri --threads {threads} evaluate --checkpoint {input} --out {output} {params.study} > {log} 2>&1"
 
 
-rule train_all:
+rule train_all:  # every model ready to invert: trained, or an external one inspected
     input:
         expand(f"{RESULTS}/models/{{model}}/model.pt", model=MODELS),
+        expand(f"{RESULTS}/models/{{model}}/external.json", model=EXTERNAL),
 
 
 rule evaluate_all:
     input:
-        expand(f"{RESULTS}/evaluation/{{model}}.json", model=MODELS),
+        expand(f"{RESULTS}/evaluation/{{model}}.json", model=MODELS + EXTERNAL),

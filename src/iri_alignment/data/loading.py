@@ -45,18 +45,22 @@ class InMemorySplit:
 
 
 class FolderSplit:
-    """ImageNet: a torchvision ImageFolder with the standard transforms
-    (train: random-resized crop 224 and flip; val: resize 256, centre crop 224)."""
+    """Images streamed from class folders: ImageNet (``root`` with train/ and val/, the
+    standard transforms: train random-resized crop 224 and flip; val resize 256,
+    centre crop 224), or, with ``dataset`` given, any ImageFolder (the ``folder`` dataset)."""
 
-    def __init__(self, root: str, split: str, num_workers: int = 4):
-        from torchvision import transforms
+    def __init__(self, root: str, split: str, num_workers: int = 4, dataset=None):
+        if dataset is None:
+            from torchvision import transforms
 
-        from iri_alignment.data.sources import imagenet_folder
+            from iri_alignment.data.sources import imagenet_folder
 
-        tf = (transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()])
-              if split == "train" else
-              transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()]))
-        self.dataset = imagenet_folder(root, "train" if split == "train" else "val", transform=tf)
+            tf = (transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                      transforms.ToTensor()])
+                  if split == "train" else
+                  transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()]))
+            dataset = imagenet_folder(root, "train" if split == "train" else "val", transform=tf)
+        self.dataset = dataset
         self.num_workers = num_workers
 
     def __len__(self) -> int:
@@ -88,6 +92,14 @@ def open_split(params: dict, split: str):
     name = data["dataset"]
     if get_spec(name).family == "imagenet":
         return FolderSplit(data["imagenet_root"], split, data.get("num_workers", 4))
+    if name == "folder":
+        from iri_alignment.data.folder import image_folder
+
+        size = data["folder"].get("size")
+        if not size:
+            raise ValueError("data.folder.size is unset and no model named the input size; set data.folder.size")
+        return FolderSplit(data["folder"]["root"], split, data.get("num_workers", 4),
+                           dataset=image_folder(data["folder"]["root"], size))
     arrays = load_arrays(name, split, data["root"], shapes=data["shapes"])
     images = torch.from_numpy(arrays.images).permute(0, 3, 1, 2).contiguous()
     return InMemorySplit(images, torch.from_numpy(arrays.labels))

@@ -16,7 +16,10 @@ class DatasetSpec:
         mean, std: per-channel normalisation applied inside every model; the
             model itself takes images in [0, 1].
         family: ``"cifar"`` for 32 px datasets (CIFAR-style architectures),
-            ``"imagenet"`` for 224 px (torchvision architectures).
+            ``"imagenet"`` for 224 px (torchvision architectures), ``"folder"``
+            for the user's own images (``data.folder``; no training, any size:
+            ``num_classes`` and ``image_size`` are 0 here and come from the folder
+            and ``data.folder.size``, see :func:`iri_alignment.data.folder.folder_info`).
     """
 
     name: str
@@ -37,6 +40,7 @@ DATASETS: dict[str, DatasetSpec] = {
     # The embedded dataset is CIFAR-shaped and uses CIFAR's statistics, so a
     # model trained on it is normalised exactly like a CIFAR model.
     "shapes": DatasetSpec("shapes", 10, 32, CIFAR_MEAN, CIFAR_STD, "cifar"),
+    "folder": DatasetSpec("folder", 0, 0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "folder"),
 }
 
 

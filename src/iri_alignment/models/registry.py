@@ -13,6 +13,7 @@ from .cifar import CIFAR_BACKBONES
 ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "cifar": ("resnet18", "vgg16", "densenet121", "inceptionv3"),
     "imagenet": ("resnet18", "resnet50", "vgg16"),
+    "folder": (),  # your own images: targets for external models, nothing is trained on them
 }
 
 

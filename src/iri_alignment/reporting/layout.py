@@ -36,7 +36,10 @@ def training_label(models: pd.DataFrame, model_id: str) -> str:
     row = models.loc[model_id]
     label = TRAINING_LABELS.get(row["regime"], row["regime"])
     if row["regime"] in ROBUST and pd.notna(row["eps"]):
-        label += f" (l2, eps={float(row['eps']):g})"
+        norm = row["norm"] if "norm" in row.index and isinstance(row["norm"], str) else "l2"
+        label += f" ({norm}, eps={float(row['eps']):g})"
+    if "external" in row.index and not pd.isna(row["external"]) and bool(row["external"]):
+        label += f"; external {model_id}"
     return label
 
 

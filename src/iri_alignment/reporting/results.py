@@ -45,7 +45,9 @@ class Results:
         models: one row per model id (index ``model_id``): ``arch``, ``regime``,
             ``epoch`` (checkpoint epoch for ``@`` ids, else NA), ``final_epoch``,
             ``dataset``, ``clean_acc``, ``robust_acc``, ``probe_acc`` (percent, NaN when
-            unknown), ``eps``, ``attack_steps``, ``accuracy_source``, ``kind``
+            unknown), ``eps``, ``norm`` (of the training adversary, l2 unless an
+            external model says otherwise), ``external`` (a ``models.external`` entry),
+            ``attack_steps``, ``accuracy_source``, ``kind``
             (standard, robust, contrastive), ``passed`` (above its ``evaluation.floor``;
             NA for intermediate checkpoints and when no floors were given) and
             ``below_floor`` (why not, "" when passed).
@@ -86,21 +88,25 @@ def _model_row(root: Path, model_id: str, meta_hint: dict | None, floors: dict |
     metrics = _read_json_or_none(root / "models" / model_id / "metrics.json") or {}
     evaluation = _read_json_or_none(root / "evaluation" / f"{model_id}.json")
     meta = {**(meta_hint or {}), **metrics}
+    for key in ("arch", "regime", "external", "norm"):  # an external model's provenance, when no score says it
+        if meta.get(key) is None and evaluation:
+            meta[key] = evaluation.get(key)
     for key, parsed in (("arch", arch), ("regime", regime)):
-        if meta.get(key) and meta[key] != parsed:
+        if meta.get(key) and meta[key] != parsed and not meta.get("external"):
             log.warning("%s: meta says %s=%s, the id says %s; using the meta", model_id, key, meta[key], parsed)
     source = evaluation if evaluation is not None else metrics
     probe = metrics.get("probe_test_acc", (meta_hint or {}).get("metrics", {}).get("probe_test_acc"))
     regime_name = meta.get("regime") or regime
     check = None
-    if floors is not None and epoch is None:
+    if floors is not None and epoch is None and not (evaluation or {}).get("note"):
         check = validity.floor_check({**source, "probe_test_acc": probe}, regime_name, floors)
     return {
         "model_id": model_id, "arch": meta.get("arch") or arch, "regime": meta.get("regime") or regime, "epoch": epoch,
         "final_epoch": metrics.get("epochs", meta.get("epoch") if epoch is None else None),
         "dataset": meta.get("dataset"), "clean_acc": _percent(source.get("clean_acc")),
         "robust_acc": _percent(source.get("robust_acc")), "probe_acc": _percent(probe),
-        "eps": source.get("eps", meta.get("eps")), "attack_steps": source.get("attack_steps"),
+        "eps": source.get("eps", meta.get("eps")), "norm": meta.get("norm") or "l2",
+        "external": bool(meta.get("external")), "attack_steps": source.get("attack_steps"),
         "accuracy_source": "evaluation" if evaluation is not None else ("metrics" if metrics else ""),
         "kind": validity.model_kind(regime_name), "passed": check["passed"] if check else pd.NA,
         "below_floor": "; ".join(check["reasons"]) if check else "",
@@ -139,6 +145,12 @@ def check_scores_belong(path: Path, summary: dict, model_id: str, regularizer: s
     """Raise ResultsError when the summary beside ``path`` says it scored another IRI set than
     ``scores/<model_id>/<regularizer>.csv`` names (a file copied or written to the wrong place)."""
     model = summary.get("model") or {}
+    if model.get("external"):  # an external model's id is its entry's, not <arch>-<regime>
+        if model.get("id") not in (None, model_id) or summary.get("regularizer") not in (None, regularizer):
+            raise ResultsError(f"{path}: these scores are of another IRI set ({summary.get('iris', 'unknown')}): "
+                               f"model {model.get('id')!r}, regularizer {summary.get('regularizer')!r}. Delete {path} "
+                               f"and {path.with_suffix('.json')} and rescore.")
+        return
     arch, regime, epoch = parse_model_id(model_id)
     said = {"arch": model.get("arch"), "regime": model.get("regime"), "regularizer": summary.get("regularizer")}
     wanted = {"arch": arch, "regime": regime, "regularizer": regularizer}
@@ -203,8 +215,8 @@ def load_results(results: str | Path, *, converged_below: float = 0.1, floors: d
             skipped.append(f"model {model_id}: {err}")
             log.warning(skipped[-1])
     models = pd.DataFrame(rows, columns=["model_id", "arch", "regime", "epoch", "final_epoch", "dataset", "clean_acc",
-                                         "robust_acc", "probe_acc", "eps", "attack_steps", "accuracy_source", "kind",
-                                         "passed", "below_floor"])
+                                         "robust_acc", "probe_acc", "eps", "norm", "external", "attack_steps", "accuracy_source",
+                                         "kind", "passed", "below_floor"])
     models["epoch"] = models["epoch"].astype("Int64")
     models["final_epoch"] = pd.to_numeric(models["final_epoch"]).astype("Int64")
     models = models.set_index("model_id")

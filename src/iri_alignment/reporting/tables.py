@@ -257,7 +257,10 @@ def proxies_table(res: Results, cells: pd.DataFrame, proxies: Sequence[str], *, 
 def _by_arch_and_regime(res: Results, part: pd.DataFrame) -> tuple[list[str], list[str], dict]:
     """Architectures, regimes and (arch, regime) -> model id of the final models in ``part``."""
     ids = [m for m in final_models(res) if m in set(part["model_id"])]
-    index = {(res.models.at[m, "arch"], res.models.at[m, "regime"]): m for m in ids}
+    external = res.models["external"] if "external" in res.models.columns else pd.Series(False, index=res.models.index)
+    index = {}
+    for m in sorted(ids, key=lambda m: bool(external.get(m, False))):  # a trained model keeps its cell
+        index.setdefault((res.models.at[m, "arch"], res.models.at[m, "regime"]), m)
     archs = order([a for a, _ in index], ARCHS)
     regimes = order([r for _, r in index], REGIMES)
     return archs, regimes, index
