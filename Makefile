@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-bytecode-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 UV_VERSION := 0.13.9
 
-.PHONY: help setup test demo calibrate readme bench lock clean
+.PHONY: help setup test demo calibrate readme bench lock vendor clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -30,7 +30,8 @@ demo: setup  ## run the embedded study on this CPU, no network (see README "Spee
 	$(BIN)/iri timings --results results
 	@echo "Tables:  $(CURDIR)/results/tables/  (summary.md, validity.md, timings.md, alignment_by_regularizer.md, significance.md, ...)"
 	@echo "Figures: $(CURDIR)/results/figures/ (IRI grids in grids/, alignment plots)"
-	@echo "Runs:    .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "Runs:    .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (URL of the score runs: README, Experiment tracking)"
+	@echo "Survey:  .venv/bin/iri survey serve --study results/survey   (the human study of the demo's reg-free IRIs)"
 
 readme: setup  ## copy the demo's summary and the calibration table into README.md (after make demo / make calibrate)
 	$(BIN)/iri readme --readme README.md
@@ -44,6 +45,10 @@ bench: setup  ## throughput benchmarks on this machine
 
 lock:  ## re-resolve requirements.in into requirements.lock (then update environment.yml pins)
 	$(BIN)/uv pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 requirements.in -o requirements.lock
+
+vendor:  ## re-copy jsPsych from the npm packages pinned in survey/frontend/package-lock.json (needs npm)
+	cd src/iri_alignment/survey/frontend && npm ci --ignore-scripts --no-audit --no-fund
+	$(BIN)/python -m iri_alignment.survey.vendor
 
 clean:  ## remove caches (keeps .venv, data and results)
 	rm -rf .pytest_cache .snakemake build src/*.egg-info

@@ -24,9 +24,12 @@ include: "workflow/rules/external.smk"
 include: "workflow/rules/inversion.smk"
 include: "workflow/rules/scoring.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/survey.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.validity.output,
+        rules.survey.output,
+        rules.human.output if RESPONSES else [],

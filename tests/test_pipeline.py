@@ -77,7 +77,9 @@ def test_the_smoke_dag_produces_tables_figures_and_a_lock(workspace):
     assert list((ws / "results" / "figures" / "grids").glob("*.png"))
     assert (ws / "results" / "figures" / "alignment_by_regularizer.png").is_file()
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"params", "data", "train", "evaluate", "invert", "score", "report"}
+    assert set(lock["stages"]) == {"params", "data", "train", "evaluate", "invert", "score", "report", "survey"}
+    study = yaml.safe_load((ws / "results" / "survey" / "study.json").read_text())
+    assert study["main_trials"] > 0 and (ws / "results" / "survey" / "public" / "index.html").is_file()
 
 
 def test_every_job_is_an_mlflow_run_under_its_invocation(workspace):

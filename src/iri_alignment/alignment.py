@@ -126,28 +126,24 @@ def export_human(params: dict, *, iris: str | Path, out: str | Path) -> dict:
     two choices (order seeded); clustering trials show the IRI and the same
     three candidates the proxies scored. ``answer`` is the aligned choice.
     """
-    iriset = read_iriset(iris)
+    from iri_alignment.survey.design import set_trials
+
     out = Path(out)
     seed = params["scoring"]["clustering_seed"]
-    triplets = scoring.clustering_triplets(iriset.labels, seed)
-    rng = np.random.default_rng(seed)
-    images = out / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    ids = seed_ids(iriset.table)
-    for k in np.unique(ids):
-        shutil.copyfile(iriset.folder / seed_png(k), images / seed_png(k))
-    name = lambda kind, k: f"images/{kind}-{k:04d}.png"  # noqa: E731
-    for k in range(len(iriset.labels)):
-        shutil.copyfile(iriset.folder / "iris" / f"{k:04d}.png", out / name("iri", k))
-        shutil.copyfile(iriset.folder / "targets" / f"{k:04d}.png", out / name("target", k))
-    afc = []
-    for k in range(len(iriset.labels)):
-        choices = [name("target", k), f"images/{seed_png(ids[k])}"]
-        order = rng.permutation(2)
-        afc.append({"trial": k, "query": name("iri", k), "choices": [choices[i] for i in order],
-                    "answer": int(np.flatnonzero(order == 0)[0])})
-    clus = [{"trial": k, "query": name("iri", k), "candidates": [name("target", int(j)) for j in row],
-             "answer": int(np.flatnonzero(row == k)[0])} for k, row in enumerate(triplets)]
+    trials = set_trials(read_iriset(iris), seed)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+
+    def copied(src: Path) -> str:  # images/<iri|target>-NNNN.png, images/seed[-k].png
+        name = f"images/{src.name}" if src.name.startswith("seed") else f"images/{src.parent.name[:-1]}-{src.stem}.png"
+        if not (out / name).exists():
+            shutil.copyfile(src, out / name)
+        return name
+
+    afc = [{"trial": t["k"], "query": copied(t["query"]), "choices": [copied(c) for c in t["choices"]],
+            "answer": t["answer"]} for t in trials.afc]
+    clus = [{"trial": t["k"], "query": copied(t["query"]), "candidates": [copied(c) for c in t["choices"]],
+             "answer": t["answer"]} for t in trials.clustering]
+    iriset = read_iriset(iris)
     manifest = {"source": str(iris), "model": iriset.meta["model"], "regularizer": iriset.meta["regularizer"],
                 "instructions": {"2afc": "Which of the two images is closer to the query image?",
                                  "clustering": "Choose the candidate most perceptually similar to the query image."},

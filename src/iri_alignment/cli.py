@@ -31,7 +31,8 @@ class _Group(click.Group):
 
         try:
             return super().invoke(ctx)
-        except (ParamsError, DatasetError, CheckpointError, ModelWeightsError, ValueError, FileNotFoundError) as err:
+        except (ParamsError, DatasetError, CheckpointError, ModelWeightsError, ValueError, FileNotFoundError,
+                FileExistsError) as err:
             raise click.ClickException(str(err)) from None
 
 
@@ -373,6 +374,80 @@ def export_human_cmd(iris, out, params_file, profile) -> None:
     from iri_alignment.alignment import export_human
 
     echo_json(export_human(_study(params_file, profile), iris=iris, out=out))
+
+
+# -- the human study ---------------------------------------------------------------------
+
+
+@cli.group("survey")
+def survey_group() -> None:
+    """The human study: build a jsPsych study from IRI sets, serve it, export it to JATOS, analyse answers."""
+
+
+@survey_group.command("build")
+@click.option("--iris", "iris", multiple=True, required=True, type=click.Path(file_okay=False, exists=True),
+              help="An IRI set folder (results/iris/<model>/<regularizer>); repeat for several.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The study folder (replaced).")
+@params_options
+def survey_build(iris, out, params_file, profile) -> None:
+    """Build a self-contained study folder (page, jsPsych, images, balanced lists) from IRI sets."""
+    from iri_alignment.survey.build import build_study
+
+    summary = build_study(list(iris), out, load(params_file, profile))
+    echo_json({k: v for k, v in summary.items() if k not in ("survey", "sources")})
+    click.echo(f"serve it: iri survey serve --study {out}    (or for JATOS: iri survey jatos --study {out} --out study.jzip)")
+
+
+@survey_group.command("serve")
+@click.option("--study", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (keep 127.0.0.1 unless behind a proxy).")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--db", default=None, type=click.Path(dir_okay=False), help="SQLite file for the answers (default STUDY/responses.db).")
+def survey_serve(study, host, port, db) -> None:
+    """Serve the study; answers are stored per trial as they are given."""
+    from iri_alignment.survey.server import serve
+
+    serve(study, host=host, port=port, db=db)
+
+
+@survey_group.command("jatos")
+@click.option("--study", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .jzip to write.")
+def survey_jatos(study, out) -> None:
+    """Write the study as a JATOS study archive (.jzip) to import into JATOS."""
+    from iri_alignment.survey.jatos import build_jzip
+
+    echo_json(build_jzip(study, out))
+
+
+@survey_group.command("analyze")
+@click.option("--responses", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="The server's SQLite file, its CSV export, or JATOS results (.txt or .zip).")
+@click.option("--study", required=True, type=click.Path(file_okay=False, exists=True), help="The study folder the answers belong to.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--scores", default=None, type=click.Path(file_okay=False, exists=True),
+              help="results/scores, for the proxies' agreement with the raters.")
+@click.option("--results", default=None, type=click.Path(file_okay=False, exists=True), help="results/, for accuracies.")
+@click.option("--proxy", default=None, help="The proxy of the paper-layout table (default scoring.structural_proxy).")
+@params_options
+def survey_analyze(responses, study, out, scores, results, proxy, params_file, profile) -> None:
+    """Exclusions, human alignment per model (mean ± std over raters, bootstrap CI), reliability, humans vs proxies."""
+    from pathlib import Path
+
+    from iri_alignment.survey.analysis import analyze
+    from iri_alignment.tracking import log_artifact, log_metrics, start_run
+
+    params = load(params_file, profile)
+    with start_run(params, stage="survey", name="human-study", tags={"study": str(study)},
+                   log_params={"responses": str(responses)}):
+        summary = analyze(responses, study, out, scores=scores, results=results,
+                          proxy=proxy or params["scoring"]["structural_proxy"],
+                          bootstrap=params["report"]["significance"]["bootstrap"], seed=params["study"]["seed"])
+        log_metrics({f"excluded_{k}": v for k, v in summary["exclusions"].items()} | {"raters": summary["raters"]})
+        for name in ("human_alignment.md", "human_by_set.csv", "human_reliability.csv", "human_vs_proxy.csv"):
+            log_artifact(Path(out) / name)
+    click.echo(Path(out, "human_alignment.md").read_text())
+    echo_json(summary["exclusions"])
 
 
 # -- report and tracking ----------------------------------------------------------------

@@ -200,6 +200,21 @@ def inversion_hash(params: dict, regularizer: str) -> str:
                         **fast_path_settings(params["study"])})
 
 
+def survey_sets(params: dict) -> list[tuple[str, str]]:
+    """(model_id, regularizer) of the IRI sets the DAG's human study shows: the final models of
+    replicate 0 (trained and external) under each of ``survey.regularizers`` that was inverted."""
+    wanted = params["survey"].get("regularizers", ["reg-free"])
+    jobs = set(inversion_jobs(params))
+    return [(m, r) for r in wanted for m in study_model_ids(params)
+            if (m, r) in jobs and "@" not in m and (m in external_ids(params) or replicate_of(m) == 0)]
+
+
+def survey_hash(params: dict) -> str:
+    """The study build reruns when the survey's design or the triplets' seed change."""
+    survey = {k: v for k, v in params["survey"].items() if k != "responses"}
+    return params_hash({"survey": survey, "clustering_seed": params["scoring"]["clustering_seed"]})
+
+
 def scoring_hash(params: dict) -> str:
     return params_hash(params["scoring"])
 

@@ -71,6 +71,21 @@ def experiment_name(params: dict) -> str:
     return f"{params['study']['name']}-{params['profile']}"
 
 
+#: The MLflow UI opens an experiment in the view its kind names; untagged, MLflow 3 shows its GenAI
+#: overview (traces, an assistant) instead of the runs table this study is read in.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def open_experiment(params: dict):
+    """Set (creating if needed) the study's experiment, tagged to open in MLflow's model-training view."""
+    import mlflow
+
+    experiment = mlflow.set_experiment(experiment_name(params))
+    if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        mlflow.MlflowClient(tracking_uri()).set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+    return experiment
+
+
 def flatten(tree: dict, prefix: str = "") -> dict:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists become strings)."""
     out = {}
@@ -107,7 +122,7 @@ def start_run(params: dict, *, stage: str, name: str, tags: dict | None = None, 
 
     def begin():
         mlflow.set_tracking_uri(tracking_uri())
-        mlflow.set_experiment(experiment_name(params))
+        open_experiment(params)
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, tags=all_tags)
         if log_params and not run_id:
             mlflow.log_params({k: str(v)[:500] for k, v in flatten(log_params).items()})
@@ -155,7 +170,7 @@ def start_parent(params: dict, name: str) -> str:
         import mlflow
 
         mlflow.set_tracking_uri(tracking_uri())
-        experiment = mlflow.set_experiment(experiment_name(params))
+        experiment = open_experiment(params)
         run = MlflowClient(tracking_uri()).create_run(
             experiment.experiment_id, run_name=name,
             tags={"stage": "pipeline", "profile": params["profile"], "git_commit": git_commit(),
