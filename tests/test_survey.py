@@ -403,3 +403,85 @@ def test_a_rebuild_never_replaces_a_study_that_holds_answers(study, client, stud
     with pytest.raises(FileExistsError, match="collected answers"):
         build_study(sets, study, study_params)
     assert (study / "responses.db").is_file()
+
+
+JATOS_STUB = """
+// A stand-in for the jatos.js that JATOS serves: enough of its API for the page, recording what it is given.
+window.__jatos = {appended: [], ended: null};
+window.jatos = {
+  studyResultId: 7,
+  urlQueryParameters: {},
+  onLoad: (fn) => setTimeout(fn, 0),
+  appendResultData: (text) => { window.__jatos.appended.push(text); return Promise.resolve(); },
+  endStudyAndRedirect: (url) => { window.__jatos.ended = url; },
+  endStudy: (ok, msg) => { window.__jatos.ended = "end"; },
+};
+"""
+
+
+def test_the_jatos_page_appends_every_answer_and_the_analysis_reads_jatos_results(study, browser, tmp_path):
+    """The .jzip's page under a jatos.js stand-in: one result line per answer, the end redirect, and
+    `iri survey analyze` on those lines as JATOS exports them."""
+    import http.server
+
+    info = build_jzip(study, tmp_path / "study.jzip")
+    with zipfile.ZipFile(tmp_path / "study.jzip") as z:
+        z.extractall(tmp_path / "jatos")
+    folder = tmp_path / "jatos" / info["dir"]
+    (folder / "jatos.js").write_text(JATOS_STUB)
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(folder), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        public = json.loads((study / "public" / "trials.json").read_text())
+        private = json.loads((study / "private" / "trials.json").read_text())
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{httpd.server_address[1]}/index.html")
+        while not page.evaluate("window.__jatos.ended"):
+            page.wait_for_selector("#jspsych-html-button-response-btngroup button, #jspsych-instructions-next",
+                                   timeout=20000)
+            if page.locator("#jspsych-instructions-next").count():
+                page.click("#jspsych-instructions-next")
+                continue
+            query = page.locator(".iri-query")
+            k = 0
+            if query.count():
+                src = query.get_attribute("src")
+                choices = [b.get_attribute("src") for b in page.locator(".iri-choice img").all()]
+                k = private[next(p for p, t in public.items() if t["query"] == src and t["choices"] == choices)]["answer"]
+            page.locator(f"#jspsych-html-button-response-btngroup button[data-choice='{k}']").click()
+            page.wait_for_timeout(30)
+        lines = page.evaluate("window.__jatos.appended")
+        assert page.evaluate("window.__jatos.ended").endswith("cc=TEST")
+    finally:
+        httpd.shutdown()
+    lists = json.loads((study / "private" / "lists.json").read_text())
+    config = json.loads((study / "public" / "config.json").read_text())
+    rows = [json.loads(line) for line in lines]
+    assert len(rows) == len(lists[7 % len(lists)]["trials"]) + len(config["practice"])  # rotation by result id
+    results = tmp_path / "jatos_results.txt"
+    results.write_text("".join(lines))
+    summary = analyze(results, study, tmp_path / "human")
+    assert summary["exclusions"]["kept_sessions"] == 1 and all(row["mean"] == 100 for row in summary["human"])
+
+
+def test_the_dag_builds_the_survey_and_adds_the_human_tables_once_responses_are_named(repo, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    (tmp_path / "answers.db").write_bytes(b"")
+    raw["profiles"]["smoke"]["survey"] = {"responses": str(tmp_path / "answers.db")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    def rules(params_file):
+        proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--quiet", "rules", "--config",
+                               f"params={params_file}", "profile=smoke", f"results={tmp_path}/results"],
+                              cwd=repo, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return {line.split()[0] for line in proc.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+    assert {"survey"} <= rules(repo / "params.yaml") and "human" not in rules(repo / "params.yaml")
+    assert {"survey", "human"} <= rules(tmp_path / "params.yaml")
