@@ -1,6 +1,8 @@
 """The iri-alignment study as one DAG (protocol sections 2-7).
 
     data -> train -> evaluate -> invert -> score -> report
+                  \-> features (non-robust features, saliency, representation distance, counterfactuals)
+                                      \-> survey (the human study's page)
 
 Every rule calls the `iri` command line; the study's parameters come from
 params.yaml (validated in workflow/rules/common.smk). Choose a profile with
@@ -25,6 +27,7 @@ include: "workflow/rules/inversion.smk"
 include: "workflow/rules/scoring.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/survey.smk"
+include: "workflow/rules/features.smk"
 
 
 rule all:
@@ -33,3 +36,4 @@ rule all:
         rules.validity.output,
         rules.survey.output,
         rules.human.output if RESPONSES else [],
+        rules.features_tables.output if FEATURE_MODELS or NONROBUST else [],

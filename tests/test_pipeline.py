@@ -77,7 +77,12 @@ def test_the_smoke_dag_produces_tables_figures_and_a_lock(workspace):
     assert list((ws / "results" / "figures" / "grids").glob("*.png"))
     assert (ws / "results" / "figures" / "alignment_by_regularizer.png").is_file()
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"params", "data", "train", "evaluate", "invert", "score", "report", "survey"}
+    assert set(lock["stages"]) == {"params", "data", "train", "evaluate", "invert", "score", "report", "survey",
+                                   "features"}
+    features = ws / "results" / "features"
+    for name in ("nonrobust", "saliency", "repdistance"):
+        assert (features / "tables" / f"features_{name}.md").is_file(), name
+    assert (features / "saliency.png").is_file() and (features / "counterfactual.png").is_file()
     study = yaml.safe_load((ws / "results" / "survey" / "study.json").read_text())
     assert study["main_trials"] > 0 and (ws / "results" / "survey" / "public" / "index.html").is_file()
 
@@ -88,7 +93,7 @@ def test_every_job_is_an_mlflow_run_under_its_invocation(workspace):
     runs = mlflow.search_runs(experiment_names=["nanda2023-smoke"], output_format="list")
     parents = {r.info.run_id: r for r in runs if r.data.tags.get("stage") == "pipeline"}
     jobs = [r for r in runs if r.data.tags.get("stage") != "pipeline"]
-    assert {r.data.tags["stage"] for r in jobs} == {"train", "evaluate", "invert", "score"}
+    assert {r.data.tags["stage"] for r in jobs} == {"train", "evaluate", "invert", "score", "features"}
     assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
     for r in jobs:
         assert r.data.tags.get("mlflow.parentRunId") in parents, r.info.run_name

@@ -157,7 +157,7 @@ def _cross_entropy(output: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor
 # -- PGD ---------------------------------------------------------------------------
 
 
-def _l2_ascent(
+def l2_ascent(
     model: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor | None,
@@ -170,7 +170,8 @@ def _l2_ascent(
 ) -> torch.Tensor:
     """The PGD iteration of :func:`pgd_l2` from a given start ``x + delta``
     (``delta`` already in the ball and ``x + delta`` in [0, 1]); returns the
-    detached adversarial batch."""
+    detached adversarial batch. Calling it one step at a time lets a caller
+    keep the best iterate (:mod:`iri_alignment.features.nonrobust`)."""
     x = x.detach()
     x_adv = (x + delta).detach()
     with torch.enable_grad():
@@ -248,7 +249,7 @@ def pgd_l2(
     delta = torch.zeros_like(x)
     if random_start:
         delta = torch.clamp(x + sample_l2_ball(x, eps, generator), 0.0, 1.0) - x
-    return _l2_ascent(model, x, y, delta, eps=eps, steps=steps, step_size=step_size,
+    return l2_ascent(model, x, y, delta, eps=eps, steps=steps, step_size=step_size,
                       loss_fn=loss_fn or _cross_entropy)
 
 
@@ -317,7 +318,7 @@ def trades_loss(
     with eval_mode(model):
         with torch.no_grad():
             log_p_clean = F.log_softmax(model(x), dim=1)
-        x_adv = _l2_ascent(
+        x_adv = l2_ascent(
             model, x, log_p_clean, _start_near(x, eps, generator), eps=eps, steps=steps, step_size=step_size,
             loss_fn=lambda out, log_p: _kl_per_example(log_p, F.log_softmax(out, dim=1)),
         )
@@ -380,7 +381,7 @@ def mart_loss(
     _check_images(x)
     x = x.detach()
     with eval_mode(model):
-        x_adv = _l2_ascent(model, x, y, _start_near(x, eps, generator), eps=eps, steps=steps,
+        x_adv = l2_ascent(model, x, y, _start_near(x, eps, generator), eps=eps, steps=steps,
                            step_size=step_size, loss_fn=_cross_entropy)
     logits, logits_adv = model(x), model(x_adv)
     log_p, log_q = F.log_softmax(logits, dim=1), F.log_softmax(logits_adv, dim=1)

@@ -376,6 +376,95 @@ def export_human_cmd(iris, out, params_file, profile) -> None:
     echo_json(export_human(_study(params_file, profile), iris=iris, out=out))
 
 
+# -- the robust-features experiments -----------------------------------------------------
+
+
+@cli.group("features")
+def features_group() -> None:
+    """The robust-features experiments of the source talk: non-robust features, saliency,
+    representation distance, counterfactuals (README "Robust features")."""
+
+
+def _features_run(params, name: str, tags: dict, fn):
+    from iri_alignment.plan import features_hash
+    from iri_alignment.tracking import log_metrics, start_run
+
+    section = "nonrobust" if name.startswith("nonrobust") else name
+    tags = {"dataset": params["data"]["dataset"], "arch": params["features"]["arch"] if section == "nonrobust" else
+            ",".join(params["models"]["archs"]), "regime": "standard" if section == "nonrobust" else "standard,adversarial",
+            "params_hash": features_hash(params, section), "experiment": name, **tags}
+    with start_run(params, stage="features", name=name, tags=tags, log_params=params["features"]):
+        result = fn()
+        flat = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+        for row in result.get("comparisons", []):
+            key = "-".join(str(row[k]) for k in ("arch", "metric") if k in row)
+            flat.update({f"{key}-p_holm": row["p_holm"], **{f"{key}-{k}": row[k] for k in row
+                                                           if k.startswith(("median", "agreement", "difference"))}})
+        log_metrics(flat)
+    return result
+
+
+@features_group.command("nonrobust")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="The standard source model (variant plain).")
+@click.option("--kind", required=True, type=click.Choice(["det", "rand"]))
+@click.option("--variant", default="plain", show_default=True, type=click.Choice(["plain", "pattern"]),
+              help="pattern: the positive control (a class-keyed pattern; its source model is trained here).")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@params_options
+@device_option
+def features_nonrobust(checkpoint, kind, variant, out, params_file, profile, device) -> None:
+    """Build D_det or D_rand and its noise control, train a fresh model on each, test on the original test set."""
+    from iri_alignment.features.runs import run_nonrobust
+
+    if variant == "plain" and checkpoint is None:
+        raise click.BadParameter("variant plain attacks a trained standard model: give --checkpoint", param_hint="--checkpoint")
+    params = _study(params_file, profile)
+    echo_json(_features_run(params, f"nonrobust-{variant}-{kind}", {"kind": kind, "variant": variant},
+                            lambda: run_nonrobust(params, checkpoint, kind=kind, variant=variant, out=out,
+                                                  device=_device(params, device))))
+
+
+def _models_command(name: str, doc: str, run: str, out_help: str):
+    @features_group.command(name, help=doc)
+    @click.option("--checkpoint", "checkpoints", multiple=True, required=True,
+                  type=click.Path(dir_okay=False, exists=True), help="A model; repeat (standard and AT of each arch).")
+    @click.option("--out", required=True, type=click.Path(), help=out_help)
+    @params_options
+    @device_option
+    def command(checkpoints, out, params_file, profile, device) -> None:
+        from iri_alignment.features import runs
+
+        params = _study(params_file, profile)
+        echo_json(_features_run(params, name, {}, lambda: getattr(runs, run)(params, list(checkpoints), out,
+                                                                             _device(params, device))))
+
+    return command
+
+
+_models_command("saliency", "Input-gradient saliency of each model, measured (mask energy, AUROC, cosine); AT vs standard.",
+                "run_saliency", "Folder for saliency.csv, saliency_compare.csv, saliency.png.")
+_models_command("repdistance", "How often each model finds x closer to an imperceptible x + d than to another class's image.",
+                "run_repdistance", "Folder for repdistance.csv and repdistance_compare.csv.")
+_models_command("counterfactual", "The figure: each image with its top contributing features enhanced.",
+                "run_counterfactual", "The figure (.png).")
+
+
+@features_group.command("tables")
+@click.option("--features", "features_dir", default="results/features", show_default=True,
+              type=click.Path(file_okay=False, exists=True))
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Default: FEATURES/tables.")
+def features_tables(features_dir, out) -> None:
+    """The experiments' tables (CSV, Markdown, LaTeX)."""
+    from pathlib import Path
+
+    from iri_alignment.features.runs import write_tables
+
+    for path in write_tables(features_dir, out or Path(features_dir) / "tables"):
+        if path.suffix == ".md":
+            click.echo(path.read_text())
+
+
 # -- the human study ---------------------------------------------------------------------
 
 

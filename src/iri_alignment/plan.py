@@ -200,6 +200,32 @@ def inversion_hash(params: dict, regularizer: str) -> str:
                         **fast_path_settings(params["study"])})
 
 
+def feature_models(params: dict) -> list[str]:
+    """The models the saliency, representation-distance and counterfactual experiments compare:
+    standard and AT of every trained architecture that has both (replicate 0)."""
+    regimes = params["training"]["regimes"]
+    if not {"standard", "adversarial"} <= set(regimes):
+        return []
+    return [model_id(a, r) for a in params["models"]["archs"] for r in ("standard", "adversarial")]
+
+
+def nonrobust_jobs(params: dict) -> list[tuple[str, str]]:
+    """(variant, kind) of the non-robust-features experiment; none unless the study trains a
+    standard model of ``features.arch`` (the plain variant's source)."""
+    cfg = params["features"]
+    if "standard" not in params["training"]["regimes"] or cfg["arch"] not in params["models"]["archs"]:
+        return []
+    return [(v, k) for v in cfg["nonrobust"]["variants"] for k in ("det", "rand")]
+
+
+def features_hash(params: dict, section: str) -> str:
+    """A features job reruns when its settings (or the recipe of the models it trains) change."""
+    recipe = {"training": params["training"]["supervised"], "standard": params["training"]["regime"].get("standard"),
+              "study": fast_path_settings(params["study"])} if section == "nonrobust" else {}
+    return params_hash({"features": params["features"][section], "arch": params["features"]["arch"],
+                        "seed": params["study"]["seed"], **recipe})
+
+
 def survey_sets(params: dict) -> list[tuple[str, str]]:
     """(model_id, regularizer) of the IRI sets the DAG's human study shows: the final models of
     replicate 0 (trained and external) under each of ``survey.regularizers`` that was inverted."""

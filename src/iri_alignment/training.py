@@ -366,7 +366,9 @@ def fit_probe(model, cfg: dict, train_split, test_split, *, seed: int, device) -
 # -- the whole run --------------------------------------------------------------------
 
 
-def _build_optimisation(model, cfg, regime, steps_per_epoch):
+def build_optimisation(model, cfg, regime, steps_per_epoch):
+    """``(trainable, optimizer, scheduler)`` of a regime: SGD with a step schedule, or LARS with
+    warm-up and cosine for SimCLR (whose trainable module adds the projection head)."""
     if regime in CONTRASTIVE:
         from iri_alignment import simclr
 
@@ -413,7 +415,7 @@ def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torc
     model = build_model(dataset, arch, width=params["models"]["width"]).to(device)
     train_split, test_split = open_split(params, "train"), open_split(params, "test")
     steps_per_epoch = len(train_split) // cfg["batch_size"] if regime in CONTRASTIVE else math.ceil(len(train_split) / cfg["batch_size"])
-    trainable, optimizer, scheduler = _build_optimisation(model, cfg, regime, max(steps_per_epoch, 1))
+    trainable, optimizer, scheduler = build_optimisation(model, cfg, regime, max(steps_per_epoch, 1))
 
     start_epoch, run_id = 1, None
     last = out / "last.pt"

@@ -244,7 +244,8 @@ def generate_shapes(
     *,
     noise: float = 0.03,
     rotation: float = 30.0,
-) -> tuple[np.ndarray, np.ndarray]:
+    masks: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generate ``n`` images of the shapes dataset.
 
     Labels are balanced (``n // 10`` per class, the first ``n % 10`` classes
@@ -265,6 +266,9 @@ def generate_shapes(
         rotation: maximum absolute rotation in degrees (default 30; keep it
             <= 30 or so, beyond that a bar or square starts to look like a
             different shape).
+        masks: also return each shape's mask, ``bool (n, 32, 32)``: the pixels
+            the shape covers at all (anti-aliased edges included). The images
+            and labels are the same either way.
 
     Returns:
         ``(images, labels)``: ``uint8`` array ``(n, 32, 32, 3)`` (HWC, RGB)
@@ -291,9 +295,12 @@ def generate_shapes(
     fg, bg = _draw_colours(rng, n)
 
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    covered = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool) if masks else None
     for start in range(0, n, _CHUNK):
         sl = slice(start, min(start + _CHUNK, n))
         cov = _coverage(labels[sl], cx[sl], cy[sl], radius[sl], angle[sl])[..., None]
+        if masks:
+            covered[sl] = cov[..., 0] > 0
         f = fg[sl, None, None, :].astype(np.float32)
         b = bg[sl, None, None, :].astype(np.float32)
         img = b + (f - b) * cov
@@ -301,7 +308,15 @@ def generate_shapes(
             img += np.float32(noise) * rng.standard_normal(img.shape, dtype=np.float32)
         np.clip(img, 0.0, 1.0, out=img)
         images[sl] = np.rint(img * 255.0).astype(np.uint8)
-    return images, labels
+    return (images, labels, covered) if masks else (images, labels)
+
+
+def test_split_masks(n_test: int, seed: int, **kw) -> tuple[np.ndarray, np.ndarray]:
+    """The test split of :func:`make_splits` again, with its masks: ``(images, masks)``
+    (the saliency experiment checks the images against the stored split)."""
+    _, test_ss = np.random.SeedSequence(seed).spawn(2)
+    images, _, masks = generate_shapes(n_test, test_ss, masks=True, **kw)
+    return images, masks
 
 
 def make_splits(
