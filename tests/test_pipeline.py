@@ -151,50 +151,43 @@ def test_a_model_below_its_floor_fails_the_run_naming_it(workspace):
     _set(ws / "params.yaml", "profiles.smoke.report.allow_failed", False)
 
 
-def test_raising_the_replicates_runs_only_the_new_replicate(workspace):
+def test_new_replicates_and_an_external_model_run_only_their_own_jobs(workspace):
+    """Raising study.replicates to 2 trains, inverts and scores only replicate 1; a smoke-trained
+    checkpoint declared in models.external (source factory) is inspected, evaluated, inverted, scored
+    and reported with no training job. One DAG run for both: neither touches an existing model or set."""
+    import hashlib
+
     ws, env, _ = workspace
     models, iris = _mtimes(ws, "results/models/*/model.pt"), _mtimes(ws, "results/iris/*/*/meta.json")
+    weights = ws / "weights" / "mine.pt"
+    weights.parent.mkdir()
+    shutil.copy(ws / "results" / "models" / "resnet18-standard" / "model.pt", weights)
+    entry = {"id": "resnet18-mine", "source": "factory", "arch": "resnet18", "factory": "iri_alignment.models:build_model",
+             "factory_kwargs": {"dataset": "shapes", "arch": "resnet18", "width": 0.0625},
+             "weights": {"file": "weights/mine.pt", "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()},
+             "fake_relu": False, "training": {"regime": "standard"}}
     _set(ws / "params.yaml", "profiles.smoke.study.replicates", 2)
     _set(ws / "params.yaml", "profiles.smoke.inversion.replicates", {"human-aligned": 1, "adversarial": 1})
+    _set(ws / "params.yaml", "profiles.smoke.models.external", [entry])
     _run([str(BIN / "snakemake"), "--cores", "all"], ws, env)
     after_models, after_iris = _mtimes(ws, "results/models/*/model.pt"), _mtimes(ws, "results/iris/*/*/meta.json")
     assert {k: after_models[k] for k in models} == models and {k: after_iris[k] for k in iris} == iris
     assert set(after_models) - set(models) == {f"results/models/resnet18-{g}-r1/model.pt"
                                                for g in ("standard", "adversarial", "simclr")}
     new_sets = set(after_iris) - set(iris)
-    assert new_sets and all("-r1" in k and "/reg-free/" in k for k in new_sets)
+    external_sets = {f"results/iris/resnet18-mine/{r}/meta.json" for r in ("reg-free", "human-aligned", "adversarial")}
+    assert external_sets <= new_sets
+    assert all("-r1" in k and "/reg-free/" in k for k in new_sets - external_sets) and new_sets - external_sets
     mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["nanda2023-smoke"], output_format="list")
     tagged = {(r.data.tags.get("stage"), r.data.tags.get("replicate")) for r in runs}
     assert {("train", "1"), ("evaluate", "1"), ("invert", "1"), ("score", "1"), ("train", "0")} <= tagged
-    summary = (ws / "results" / "tables" / "summary.md").read_text()
-    assert "2 runs" not in summary and "pooled" in summary  # directions pooled over the two replicates
-
-
-def test_an_external_model_is_studied_like_a_trained_one_without_training(workspace):
-    """A smoke-trained checkpoint declared in models.external (source factory): inspect, evaluate,
-    invert, score and report run for it; no model is trained and no other IRI set is touched."""
-    import hashlib
-
-    ws, env, _ = workspace
-    weights = ws / "weights" / "mine.pt"
-    weights.parent.mkdir()
-    shutil.copy(ws / "results" / "models" / "resnet18-standard" / "model.pt", weights)
-    models, iris = _mtimes(ws, "results/models/*/model.pt"), _mtimes(ws, "results/iris/*/*/meta.json")
-    entry = {"id": "resnet18-mine", "source": "factory", "arch": "resnet18", "factory": "iri_alignment.models:build_model",
-             "factory_kwargs": {"dataset": "shapes", "arch": "resnet18", "width": 0.0625},
-             "weights": {"file": "weights/mine.pt", "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()},
-             "fake_relu": False, "training": {"regime": "standard"}}
-    _set(ws / "params.yaml", "profiles.smoke.models.external", [entry])
-    _run([str(BIN / "snakemake"), "--cores", "all"], ws, env)
     results = ws / "results"
+    summary = (results / "tables" / "summary.md").read_text()
+    assert "2 runs" not in summary and "pooled" in summary  # directions pooled over the two replicates
+    # the external model, like a trained one
     descriptor = yaml.safe_load((results / "models" / "resnet18-mine" / "external.json").read_text())
     assert descriptor["inspection"]["layer"] == "backbone.fc" and descriptor["inspection"]["checks"]["deterministic"]
-    assert _mtimes(ws, "results/models/*/model.pt") == models
-    after_iris = _mtimes(ws, "results/iris/*/*/meta.json")
-    assert {k: after_iris[k] for k in iris} == iris
-    assert set(after_iris) - set(iris) == {f"results/iris/resnet18-mine/{r}/meta.json"
-                                           for r in ("reg-free", "human-aligned", "adversarial")}
     evaluation = yaml.safe_load((results / "evaluation" / "resnet18-mine.json").read_text())
     trained = yaml.safe_load((results / "evaluation" / "resnet18-standard.json").read_text())
     assert evaluation["external"] and evaluation["clean_acc"] == trained["clean_acc"]  # the same weights

@@ -372,7 +372,7 @@ def test_the_mlflow_ui_opens_the_study_on_its_runs_table(browser, smoke, tmp_pat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store,
-                               "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         for _ in range(120):

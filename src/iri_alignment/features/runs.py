@@ -47,22 +47,27 @@ def shape_masks(params: dict, x: torch.Tensor) -> torch.Tensor | None:
     return torch.from_numpy(masks[: len(x)]).to(x.device)
 
 
+def _per_model(models, measure, compare, out: str | Path, name: str) -> pd.DataFrame:
+    """``measure(model)`` per model (tagged with its id, arch and regime), written to ``<name>.csv``;
+    ``compare`` of them written to ``<name>_compare.csv`` and returned."""
+    per_image = pd.concat([measure(model).assign(model_id=meta["model_id"], arch=meta["arch"], regime=meta["regime"])
+                           for meta, model in models], ignore_index=True)
+    table = compare(per_image)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_image.to_csv(out / f"{name}.csv", index=False)
+    table.to_csv(out / f"{name}_compare.csv", index=False)
+    return table
+
+
 def run_saliency(params: dict, checkpoints, out: str | Path, device) -> dict:
     cfg = params["features"]["saliency"]
     x, y = first_test_images(params, cfg["n"], device)
     masks = shape_masks(params, x)
     models = load_models(checkpoints, device)
-    frames = []
-    for meta, model in models:
-        frames.append(saliency.measure(model, x, y, masks, dilate_px=cfg["dilate"])
-                      .assign(model_id=meta["model_id"], arch=meta["arch"], regime=meta["regime"]))
-    per_image = pd.concat(frames, ignore_index=True)
-    table = saliency.compare(per_image)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    per_image.to_csv(out / "saliency.csv", index=False)
-    table.to_csv(out / "saliency_compare.csv", index=False)
-    saliency_figure(models, x, y, out / "saliency.png")
+    table = _per_model(models, lambda model: saliency.measure(model, x, y, masks, dilate_px=cfg["dilate"]),
+                       saliency.compare, out, "saliency")
+    saliency_figure(models, x, y, Path(out) / "saliency.png")
     return {"n": len(x), "masks": masks is not None, "comparisons": table.to_dict("records")}
 
 
@@ -95,15 +100,10 @@ def saliency_figure(models, x, y, path: Path, n: int = 6) -> None:
 def run_repdistance(params: dict, checkpoints, out: str | Path, device) -> dict:
     cfg = params["features"]["repdistance"]
     x, y = first_test_images(params, cfg["n"], device)
-    frames = [repdistance.agreement(model, x, y, eps=cfg["eps"], steps=cfg["steps"], seed=params["study"]["seed"])
-              .assign(model_id=meta["model_id"], arch=meta["arch"], regime=meta["regime"])
-              for meta, model in load_models(checkpoints, device)]
-    per_image = pd.concat(frames, ignore_index=True)
-    table = repdistance.compare(per_image)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    per_image.to_csv(out / "repdistance.csv", index=False)
-    table.to_csv(out / "repdistance_compare.csv", index=False)
+    table = _per_model(load_models(checkpoints, device),
+                       lambda model: repdistance.agreement(model, x, y, eps=cfg["eps"], steps=cfg["steps"],
+                                                           seed=params["study"]["seed"]),
+                       repdistance.compare, out, "repdistance")
     return {"n": len(x), "eps": cfg["eps"], "comparisons": table.to_dict("records")}
 
 
