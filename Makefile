@@ -22,8 +22,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
-test: setup  ## run the test suite (installs first)
-	$(BIN)/pytest
+TEST_WORKERS ?= 2
+test: setup  ## run the test suite (installs first); two pytest-xdist workers, one per test file at a time
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 demo: setup  ## run the embedded study on this CPU, no network (see README "Speed" for the time on 2 cores)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores all --config profile=embedded

@@ -11,7 +11,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (`make test` runs two workers) each worker gets one torch thread: two
+# workers with two threads each on two cores spin against each other (see `iri --threads`).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +47,13 @@ def isolated_tracking(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     monkeypatch.delenv("IRI_PARENT_RUN_ID", raising=False)
     return store
+
+
+#: the longest files first, so that under pytest-xdist (`make test`) the smoke-DAG file starts at once on
+#: one worker while the other works through the rest
+LONG_FIRST = ("test_pipeline.py", "test_slurm.py", "test_survey.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))  # stable: the rest keep their order

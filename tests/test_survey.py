@@ -413,8 +413,8 @@ window.jatos = {
   urlQueryParameters: {},
   onLoad: (fn) => setTimeout(fn, 0),
   appendResultData: (text) => { window.__jatos.appended.push(text); return Promise.resolve(); },
-  endStudyAndRedirect: (url) => { window.__jatos.ended = url; },
-  endStudy: (ok, msg) => { window.__jatos.ended = "end"; },
+  endStudyAndRedirect: (url, data) => { window.__jatos.ended = url; window.__jatos.final = data; },
+  endStudy: (data, ok, msg) => { window.__jatos.ended = "end"; window.__jatos.final = data; },
 };
 """
 
@@ -453,6 +453,7 @@ def test_the_jatos_page_appends_every_answer_and_the_analysis_reads_jatos_result
             page.wait_for_timeout(30)
         lines = page.evaluate("window.__jatos.appended")
         assert page.evaluate("window.__jatos.ended").endswith("cc=TEST")
+        assert page.evaluate("window.__jatos.final") == "".join(lines)  # saved per trial and at the end
     finally:
         httpd.shutdown()
     lists = json.loads((study / "private" / "lists.json").read_text())

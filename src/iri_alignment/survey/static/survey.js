@@ -60,11 +60,12 @@
   // -- saving: one row per answer, retried; the end waits for all of them ---------------------------
   const rows = new Map();
   const pending = new Set();
+  const jatosLine = (row) => JSON.stringify({ ...row, session_id: session.session_id, list_id: session.list_id,
+                                              prolific_pid: url.get("PROLIFIC_PID") }) + "\n";
   function save(row) {
     rows.set(row.trial, row);
     const p = inJatos
-      ? window.jatos.appendResultData(JSON.stringify({ ...row, session_id: session.session_id, list_id: session.list_id,
-                                                       prolific_pid: url.get("PROLIFIC_PID") }) + "\n")
+      ? window.jatos.appendResultData(jatosLine(row))
       : post("api/response", { session_id: session.session_id, token: session.token, ...row });
     pending.add(p);
     p.finally(() => pending.delete(p));
@@ -72,10 +73,11 @@
   }
   async function finish() {
     await Promise.allSettled([...pending]);
-    if (inJatos) {
+    if (inJatos) {  // the end also submits every row once more, whole: the result data equal the appended lines
+      const all = [...rows.values()].map(jatosLine).join("");
       window.__done = true;
-      if (config.completion_url) window.jatos.endStudyAndRedirect(config.completion_url);
-      else window.jatos.endStudy(true, texts.end);
+      if (config.completion_url) window.jatos.endStudyAndRedirect(config.completion_url, all);
+      else window.jatos.endStudy(all, true, texts.end);
       return;
     }
     for (let attempt = 0; attempt < 5; attempt++) {
