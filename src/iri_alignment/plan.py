@@ -38,7 +38,7 @@ def model_id(arch: str, regime: str, epoch: int | None = None, replicate: int = 
 def parse_model_id(mid: str) -> tuple[str, str, int | None]:
     """``"resnet18-simclr-r1@0050"`` -> ``("resnet18", "simclr", 50)`` (the replicate: :func:`replicate_of`)."""
     m = MODEL_ID.match(mid)
-    if not m:
+    if not m or re.search(r"-r\d+$", m["regime"]):  # "-r0" too: replicate 0 has no suffix, one name per model
         raise ValueError(f"not a model id: {mid!r} (expected <arch>-<regime>[-r<replicate>][@<epoch>])")
     return m["arch"], m["regime"], int(m["epoch"]) if m["epoch"] else None
 

@@ -35,7 +35,7 @@ SOURCES = ("torchvision", "timm", "madrylab", "robustbench", "factory")
 TORCHVISION_ARCHS = {"resnet18": "resnet18", "resnet50": "resnet50", "vgg16_bn": "vgg16", "vgg16": "vgg16"}
 CLASSIFIER_INPUT = "@classifier_input"
 NORMALIZATIONS = {"imagenet": (DATASETS["imagenet"].mean, DATASETS["imagenet"].std), "cifar10": (CIFAR_MEAN, CIFAR_STD)}
-REPLICATE_SUFFIX = re.compile(r"-r[1-9]\d*$")
+REPLICATE_SUFFIX = re.compile(r"-r\d+$")
 
 
 class ExternalModelError(ValueError):
