@@ -65,7 +65,8 @@ def build_classifier(model: ExternalModel, *, dataset: str = "", input_size: int
     from iri_alignment.external.adapters import build_network
     from iri_alignment.models.base import ImageClassifier
 
-    classes = DATASETS[dataset].num_classes if DATASETS.get(dataset, DATASETS["folder"]).num_classes else None
+    spec = DATASETS.get(dataset)
+    classes = spec.num_classes if spec is not None and spec.num_classes else None  # folder: the model's own head
     net = build_network(model, None if model.source in ("torchvision", "madrylab", "timm") else classes)
     normalize, size = model.normalize, model.input_size or input_size or 224
     if model.source == "timm":
