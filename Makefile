@@ -27,8 +27,8 @@ test: setup  ## run the test suite (installs first); two pytest-xdist workers, o
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 demo: setup  ## run the embedded study on this CPU, no network (see README "Speed" for the time on 2 cores)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores all --config profile=embedded
-	$(BIN)/iri timings --results results
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/iri workers run -- $(BIN)/snakemake --cores all --config profile=embedded
+	$(BIN)/iri timings --results results --forked
 	@echo "Tables:  $(CURDIR)/results/tables/  (summary.md, validity.md, timings.md, alignment_by_regularizer.md, significance.md, ...)"
 	@echo "Figures: $(CURDIR)/results/figures/ (IRI grids in grids/, alignment plots)"
 	@echo "Runs:    .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (URL of the score runs: README, Experiment tracking)"

@@ -19,6 +19,9 @@ import mlflow
 import pytest
 import yaml
 
+from iri_alignment.forkserver import ENV as FORKSERVER_ENV
+from iri_alignment.forkserver import running_server
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
@@ -47,9 +50,16 @@ def _mtimes(root: Path, pattern: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, repo):
+def forkserver():
+    """One fork server for the file's DAG runs, as `make demo` runs them (`iri workers run`)."""
+    with running_server() as path:
+        yield path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, repo, forkserver):
     """A fresh copy of the repository (tracked and new files) with the smoke
-    profile selected, after one complete `dvc repro`."""
+    profile selected, after one complete `dvc repro`; its jobs fork from one server."""
     ws = tmp_path_factory.mktemp("study")
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=repo,
                            capture_output=True, text=True, check=True).stdout.split("\0")
@@ -60,6 +70,7 @@ def workspace(tmp_path_factory, repo):
     _set(ws / "params.yaml", "profile", "smoke")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "IRI_"))}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env[FORKSERVER_ENV] = forkserver
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         _run(cmd, ws, env)

@@ -35,6 +35,9 @@ def test_stages_span_and_idle_cores(tmp_path):
     # 110 s on 2 cores = 220 core-s, 140 in jobs, 80 idle
     assert "4 jobs in 1.8 min wall on 2 cores (3.7 core-minutes): 2.3 in jobs" in text
     assert "1.3 with a core idle" in text
+    assert "| train | 2 | 1.5 | 1.4 |" in text
+    forked = markdown({**summary, "forked": True})  # jobs forked from `iri workers run`: no CPU column
+    assert "| train | 2 | 1.5 | – |" in forked and "CPU time is not measured" in forked
 
 
 def test_no_benchmarks_and_foreign_files(tmp_path):

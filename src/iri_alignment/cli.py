@@ -597,7 +597,9 @@ def validity_cmd(results, params_file, profile) -> None:
 @click.option("--cores", default=None, type=int, help="Cores the DAG ran on (default: this machine's).")
 @click.option("--threads", "threads_per_job", default=1, show_default=True, type=int,
               help="Torch threads per job (the Snakefile's config threads_per_job), for the machine line.")
-def timings_cmd(results, cores, threads_per_job) -> None:
+@click.option("--forked", is_flag=True,
+              help="The jobs ran in a fork server (`iri workers run`): their CPU time was not measured.")
+def timings_cmd(results, cores, threads_per_job, forked) -> None:
     """Where the last DAG run's time went, per stage (results/benchmarks -> tables/timings.md)."""
     from pathlib import Path
 
@@ -605,7 +607,7 @@ def timings_cmd(results, cores, threads_per_job) -> None:
     from iri_alignment.timings import write_timings
 
     write_timings(Path(results) / "benchmarks", Path(results) / "tables", cores=cores,
-                  machine=machine(threads=threads_per_job))
+                  machine=machine(threads=threads_per_job), forked=forked)
     click.echo(Path(results, "tables", "timings.md").read_text())
 
 
@@ -649,17 +651,47 @@ def tracking_finish(run_id, status, artifacts, params_file, profile) -> None:
     finish_parent(run_id, status, artifacts)
 
 
+# -- workers ----------------------------------------------------------------------------
+
+
+@cli.group("workers")
+def workers_group() -> None:
+    """Run many short `iri` jobs with one start-up (the fork server)."""
+
+
+@workers_group.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def workers_run(command: tuple[str, ...]) -> None:
+    """Run COMMAND (e.g. `-- snakemake --cores all`) with a fork server for its `iri` jobs.
+
+    The server imports torch, MLflow and the package once; every `iri` that COMMAND starts
+    forks from it instead of starting from nothing (about 4 s less per job on 2 cores).
+    The exit status is COMMAND's.
+    """
+    from iri_alignment.forkserver import run_with_server
+
+    sys.exit(run_with_server(list(command)))
+
+
 def _terminate(signum, frame):
     # Snakemake and schedulers stop jobs with SIGTERM: unwind normally so that
     # temporary files are removed and the MLflow run is marked FAILED.
     raise SystemExit(128 + signum)
 
 
-def main() -> None:  # console-script entry point
+def main(argv: list[str] | None = None) -> None:
+    """The console-script entry point (``argv``: given by the fork server's children)."""
     import signal
 
+    if argv is None:
+        from iri_alignment.forkserver import delegate
+
+        argv = sys.argv[1:]
+        status = delegate(argv)
+        if status is not None:
+            sys.exit(status)
     signal.signal(signal.SIGTERM, _terminate)
-    cli(prog_name="iri")
+    cli(args=argv, prog_name="iri")
 
 
 if __name__ == "__main__":

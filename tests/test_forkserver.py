@@ -1,0 +1,105 @@
+"""The fork server: a job run through it is the job a new process runs (bitwise), with its streams,
+exit status, signals and MLflow run; without a server `iri` runs in its own process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from iri_alignment.checkpoints import load_checkpoint
+from iri_alignment.forkserver import ENV, running_server
+
+IRI = str(Path(sys.executable).parent / "iri")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_server() as path:
+        yield path
+
+
+@pytest.fixture
+def study(repo, tmp_path, isolated_tracking):
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    smoke = raw["profiles"]["smoke"]
+    smoke["data"]["root"] = str(tmp_path / "data")
+    smoke["data"]["shapes"]["n_train"] = 200
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    return tmp_path, env
+
+
+def _train(out, *extra):
+    return [IRI, "--threads", "1", "train", "--arch", "resnet18", "--regime", "adversarial", "--out", str(out),
+            "--params", "params.yaml", "--profile", "smoke", "--no-progress", *extra]
+
+
+def test_the_socket_is_its_owners_alone(server):
+    assert stat.S_IMODE(os.stat(server).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(server)).st_mode) == 0o700
+
+
+def test_a_job_through_the_server_is_bitwise_the_job_of_a_new_process(server, study):
+    ws, env = study
+    with open(ws / "direct.log", "w") as log:
+        subprocess.run(_train(ws / "direct"), cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    with open(ws / "forked.log", "w") as log:
+        subprocess.run(_train(ws / "forked"), cwd=ws, env={**env, ENV: server}, stdout=log, stderr=subprocess.STDOUT,
+                       check=True)
+    a, b = load_checkpoint(ws / "direct" / "model.pt"), load_checkpoint(ws / "forked" / "model.pt")
+    for key in a.model:
+        assert torch.equal(a.model[key], b.model[key]), key
+    assert a.meta["metrics"] == b.meta["metrics"]
+    # the child wrote its log lines into the client's redirected stream, at the client's log level
+    assert "INFO" in (ws / "forked.log").read_text() and "epoch" in (ws / "forked.log").read_text()
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_exit_status_and_errors_come_back(server, study):
+    ws, env = study
+    proc = subprocess.run([IRI, "params", "show", "--params", "params.yaml", "--key", "study.nope"], cwd=ws,
+                          env={**env, ENV: server}, capture_output=True, text=True)
+    assert proc.returncode == 1 and "nope" in proc.stderr
+
+
+def test_sigterm_to_the_client_stops_its_job_and_marks_the_run_failed(server, study):
+    ws, env = study
+    raw = yaml.safe_load((ws / "params.yaml").read_text())
+    raw["profiles"]["smoke"]["training"]["supervised"]["epochs"] = 50
+    (ws / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = subprocess.Popen(_train(ws / "long"), cwd=ws, env={**env, ENV: server},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (ws / "long" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 128 + signal.SIGTERM
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert not (ws / "long" / "model.pt").exists()
+
+
+def test_without_a_server_iri_runs_in_its_own_process(study):
+    ws, env = study
+    proc = subprocess.run([IRI, "params", "show", "--params", "params.yaml", "--key", "study.seed"], cwd=ws,
+                          env={**env, ENV: str(ws / "no-such-socket")}, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "0"
+
+
+def test_workers_run_gives_the_commands_status_and_the_socket(tmp_path):
+    code = f"import os, sys; open({str(tmp_path / 'env')!r}, 'w').write(os.environ[{ENV!r}]); sys.exit(3)"
+    proc = subprocess.run([IRI, "workers", "run", "--", sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 3
+    socket_path = (tmp_path / "env").read_text()
+    assert not os.path.exists(socket_path)  # stopped and removed afterwards
