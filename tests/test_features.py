@@ -95,6 +95,11 @@ def test_the_representation_attack_stays_in_its_ball_and_other_class_partners_di
 def test_the_sets_building_blocks():
     patterns = nonrobust.class_patterns(10, (3, 8, 8), 0.5, seed=0)
     assert torch.allclose(patterns.flatten(1).norm(dim=1), torch.full((10,), 0.5))
+    tiled = nonrobust.class_patterns(10, (3, 10, 10), 0.5, seed=0, tile=4)
+    assert torch.allclose(tiled.flatten(1).norm(dim=1), torch.full((10,), 0.5))
+    assert torch.equal(tiled[..., :4, :4], tiled[..., 4:8, 4:8]) and not torch.equal(tiled[0], tiled[1])
+    labels = nonrobust.pattern_labels(1000, 10, seed=0)
+    assert set(labels.tolist()) == set(range(10)) and labels.tolist() == nonrobust.pattern_labels(1000, 10, 0).tolist()
     y = torch.arange(10)
     assert nonrobust.relabel(y, "det", 10, 0).tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
     x = torch.full((4, 3, 8, 8), 0.5)
@@ -102,6 +107,18 @@ def test_the_sets_building_blocks():
     control = nonrobust.noise_like(x, x_adv, seed=0)
     assert torch.allclose((control - x).flatten(1).norm(dim=1), (x_adv - x).flatten(1).norm(dim=1), atol=1e-5)
     assert nonrobust.two_proportion_above(60, 40, 100) < 0.05 < nonrobust.two_proportion_above(50, 48, 100)
+
+
+def test_follows_pattern_tells_a_pattern_reader_from_a_shape_reader():
+    patterns = nonrobust.class_patterns(10, (3, 8, 8), 0.5, seed=0, tile=4)
+    x, y = torch.full((50, 3, 8, 8), 0.5), torch.arange(50) % 10
+
+    def pattern_reader(images):  # correlates the centred image with every class's pattern
+        return (images - images.mean(dim=(1, 2, 3), keepdim=True)).flatten(1) @ patterns.flatten(1).T
+
+    shape_reader = lambda images: torch.nn.functional.one_hot(y[:len(images)], 10).float()  # noqa: E731
+    assert nonrobust.follows_pattern(pattern_reader, x, y, patterns) == 1.0
+    assert nonrobust.follows_pattern(shape_reader, x, y, patterns) == 0.0
 
 
 def test_targeted_pgd_moves_towards_the_target_within_its_radius(smoke):
@@ -125,6 +142,7 @@ def test_the_positive_control_runs_end_to_end_and_reports_its_tests(smoke, tmp_p
     result = nonrobust.experiment(smoke, kind="det", variant="pattern", device="cpu")
     for key in ("targeted_success", "set_acc", "control_acc", "set_acc_next", "p_above_chance", "p_above_control"):
         assert key in result
+    assert 0 <= result["source_follows_pattern"] <= 1
     assert 0 <= result["set_acc"] <= 1 and result["chance"] == pytest.approx(0.1) and result["n_train"] == 100
     nonrobust.write(result, tmp_path / "features" / "nonrobust")
     written = write_tables(tmp_path / "features", tmp_path / "tables")
