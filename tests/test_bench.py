@@ -22,6 +22,7 @@ def run(repo, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch, "compile", broken_compile)
+        mp.chdir(out.parent)  # no params.yaml here: the fork server's start-up is left to tests/test_forkserver.py
         report = bench.main(["--params", str(repo / "params.yaml"), "--profile", "smoke", "--device", "cpu",
                              "--archs", "resnet18", "--regimes", "standard,adversarial", "--proxies", "l2,ssim",
                              "--batches", "1", "--iterations", "2", "--repeats", "1", "--replicates", "2",
@@ -90,6 +91,7 @@ def test_report_json_markdown_and_cost(run, capsys):
     assert report["adversarial_cost_ratio"]["resnet18"] > 0
     assert report["paper_cost_hours"]["total"] > 0 and report["paper_cost_hours_fp32"]["total"] > 0
     assert report["startup"]["seconds"]["import iri_alignment.cli"] > 0 and report["startup"]["dag_jobs"] is None
+    assert report["startup"]["job"] is None
     text = bench.markdown(report)
     for heading in ("### Training", "### Inversion", "### Scoring", "### Process start-up", "Matmul peaks"):
         assert heading in text

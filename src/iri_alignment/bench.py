@@ -61,6 +61,7 @@ import argparse
 import copy
 import dataclasses
 import logging
+import os
 import platform
 import re
 import statistics
@@ -507,13 +508,48 @@ def bench_startup(*, repeats: int = 3, profile: str = "embedded", dag: bool = Tr
         except Exception as err:  # noqa: BLE001
             out["seconds"][label] = None
             out.setdefault("errors", {})[label] = _error(err)
+    try:
+        out["job"] = job_startup(repeats=repeats)
+    except Exception as err:  # noqa: BLE001
+        out["job"] = None
+        out.setdefault("errors", {})["job"] = _error(err)
     out["dag_jobs"] = dag_jobs(profile) if dag else None
     return out
 
 
-def _wall(cmd: list[str]) -> float:
+#: a job that does nothing but start: torch (``--threads``), MLflow, its SQLite store, one run
+STARTUP_JOB = ("--threads", "1", "tracking", "start", "--name", "bench-startup")
+
+
+def job_startup(*, repeats: int = 3) -> dict | None:
+    """Wall seconds (median of ``repeats``, after one warm-up each) of :data:`STARTUP_JOB` as its own
+    process and forked from a fork server (:mod:`iri_alignment.forkserver`), timed alternately;
+    None without a ``params.yaml`` here."""
+    import tempfile
+
+    from iri_alignment.forkserver import ENV, running_server
+
+    if not Path("params.yaml").exists():
+        return None
+    cmd = [str(Path(sys.executable).parent / "iri"), *STARTUP_JOB]
+    with tempfile.TemporaryDirectory() as tmp, running_server() as socket_path:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+        env.pop(ENV, None)
+        variants = {"own process": env, "forked": {**env, ENV: socket_path}}
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for round_ in range(repeats + 1):
+            for name, variant_env in variants.items():
+                seconds = _wall(cmd, variant_env)
+                if round_:
+                    times[name].append(seconds)
+    own, forked = (statistics.median(times[name]) for name in variants)
+    return {"command": "iri " + " ".join(STARTUP_JOB), "own_process_s": own, "forked_s": forked,
+            "ratio": own / forked}
+
+
+def _wall(cmd: list[str], env: dict | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120, env=env)
     return time.perf_counter() - start
 
 
@@ -669,11 +705,17 @@ def markdown(report: dict) -> str:
         secs = st["seconds"]
         lines += ["", "### Process start-up", ""]
         lines += [f"- `{label}`: {_fmt(s, '.2f')} s" for label, s in secs.items()]
+        job = st.get("job")
+        if job:
+            lines.append(f"- a job that only starts (`{job['command']}`: torch, MLflow and its store, one run): "
+                         f"{job['own_process_s']:.2f} s as its own process, {job['forked_s']:.2f} s forked from "
+                         f"`iri workers run`'s server ({job['ratio']:.1f}x)")
         if st.get("dag_jobs"):
-            per_job = secs.get(JOB_IMPORTS) or 0
+            per_job = job["own_process_s"] if job else (secs.get(JOB_IMPORTS) or 0)
+            saved = f", of which forking saves ~{st['dag_jobs'] * (per_job - job['forked_s']) / 60:.1f}" if job else ""
             lines.append(f"- {report['profile']} DAG: {st['dag_jobs']} jobs, each its own process that imports torch: "
-                         f"~{st['dag_jobs'] * per_job / 60:.1f} min of start-up in total "
-                         "(the job imports' time x jobs)")
+                         f"~{st['dag_jobs'] * per_job / 60:.1f} min of start-up in total{saved} "
+                         "(start-up time x jobs)")
     cost, cost32 = report["paper_cost_hours"], report["paper_cost_hours_fp32"]
     if cost is None:
         return "\n".join([*lines, "", f"Paper study cost not computed: {report.get('paper_cost_error')}"])
