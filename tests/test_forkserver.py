@@ -39,6 +39,14 @@ def study(repo, tmp_path, isolated_tracking):
     return tmp_path, env
 
 
+def _statuses(store) -> list[str]:
+    """The statuses of every run in ``store`` (asked of that store itself: another test of this
+    process may have set MLflow's global tracking URI)."""
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return sorted(r.info.status for r in client.search_runs(ids))
+
+
 def _train(out, *extra):
     return [IRI, "--threads", "1", "train", "--arch", "resnet18", "--regime", "adversarial", "--out", str(out),
             "--params", "params.yaml", "--profile", "smoke", "--no-progress", *extra]
@@ -49,7 +57,7 @@ def test_the_socket_is_its_owners_alone(server):
     assert stat.S_IMODE(os.stat(os.path.dirname(server)).st_mode) == 0o700
 
 
-def test_a_job_through_the_server_is_bitwise_the_job_of_a_new_process(server, study):
+def test_a_job_through_the_server_is_bitwise_the_job_of_a_new_process(server, study, isolated_tracking):
     ws, env = study
     with open(ws / "direct.log", "w") as log:
         subprocess.run(_train(ws / "direct"), cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
@@ -62,8 +70,7 @@ def test_a_job_through_the_server_is_bitwise_the_job_of_a_new_process(server, st
     assert a.meta["metrics"] == b.meta["metrics"]
     # the child wrote its log lines into the client's redirected stream, at the client's log level
     assert "INFO" in (ws / "forked.log").read_text() and "epoch" in (ws / "forked.log").read_text()
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert _statuses(isolated_tracking) == ["FINISHED", "FINISHED"]
 
 
 def test_exit_status_and_errors_come_back(server, study):
@@ -73,7 +80,7 @@ def test_exit_status_and_errors_come_back(server, study):
     assert proc.returncode == 1 and "nope" in proc.stderr
 
 
-def test_sigterm_to_the_client_stops_its_job_and_marks_the_run_failed(server, study):
+def test_sigterm_to_the_client_stops_its_job_and_marks_the_run_failed(server, study, isolated_tracking):
     ws, env = study
     raw = yaml.safe_load((ws / "params.yaml").read_text())
     raw["profiles"]["smoke"]["training"]["supervised"]["epochs"] = 50
@@ -85,8 +92,7 @@ def test_sigterm_to_the_client_stops_its_job_and_marks_the_run_failed(server, st
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 128 + signal.SIGTERM
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    assert [r.info.status for r in runs] == ["FAILED"]
+    assert _statuses(isolated_tracking) == ["FAILED"]
     assert not (ws / "long" / "model.pt").exists()
 
 
@@ -97,9 +103,12 @@ def test_without_a_server_iri_runs_in_its_own_process(study):
     assert proc.returncode == 0 and proc.stdout.strip() == "0"
 
 
-def test_workers_run_gives_the_commands_status_and_the_socket(tmp_path):
-    code = f"import os, sys; open({str(tmp_path / 'env')!r}, 'w').write(os.environ[{ENV!r}]); sys.exit(3)"
-    proc = subprocess.run([IRI, "workers", "run", "--", sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 3
-    socket_path = (tmp_path / "env").read_text()
+def test_workers_run_gives_the_commands_status_and_reuses_a_running_server(tmp_path):
+    inner = f"import os, sys; open({str(tmp_path / 'inner')!r}, 'w').write(os.environ[{ENV!r}]); sys.exit(3)"
+    outer = (f"import os, subprocess, sys; open({str(tmp_path / 'outer')!r}, 'w').write(os.environ[{ENV!r}]); "
+             f"sys.exit(subprocess.call([{IRI!r}, 'workers', 'run', '--', sys.executable, '-c', {inner!r}]))")
+    proc = subprocess.run([IRI, "workers", "run", "--", sys.executable, "-c", outer], capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    socket_path = (tmp_path / "outer").read_text()
+    assert (tmp_path / "inner").read_text() == socket_path  # the nested run used the outer server
     assert not os.path.exists(socket_path)  # stopped and removed afterwards

@@ -299,9 +299,24 @@ def running_server(startup_timeout: float = 120.0) -> Iterator[str]:
 
 
 def run_with_server(command: list[str]) -> int:
-    """Run ``command`` with ``IRI_FORKSERVER`` naming a server started for it; its exit status."""
+    """Run ``command`` with ``IRI_FORKSERVER`` naming a server started for it (or the one already
+    named there, if it answers: ``dvc repro`` inside ``iri workers run`` starts no second one);
+    its exit status."""
+    if _answers(os.environ.get(ENV)):
+        return subprocess.call(command)
     with running_server() as path:
         return subprocess.call(command, env={**os.environ, ENV: path})
+
+
+def _answers(path: str | None) -> bool:
+    if not path:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 if __name__ == "__main__":
