@@ -96,11 +96,58 @@ def test_sigterm_to_the_client_stops_its_job_and_marks_the_run_failed(server, st
     assert not (ws / "long" / "model.pt").exists()
 
 
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the child follows its server only on Linux")
+def test_a_server_that_dies_takes_its_jobs_with_it_and_the_client_says_so(study):
+    import socket
+    import struct
+
+    ws, env = study
+    raw = yaml.safe_load((ws / "params.yaml").read_text())
+    raw["profiles"]["smoke"]["training"]["supervised"]["epochs"] = 50
+    (ws / "params.yaml").write_text(yaml.safe_dump(raw))
+    with running_server() as path:
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.connect(path)
+            server_pid = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                               struct.calcsize("3i")))[0]
+        proc = subprocess.Popen(_train(ws / "long"), cwd=ws, env={**env, ENV: path},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not (ws / "long" / "last.pt").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        os.kill(server_pid, signal.SIGKILL)
+        assert proc.wait(60) == 1 and "stopped before the job ended" in proc.stderr.read()
+        deadline = time.time() + 30
+        while _processes_naming(path) and time.time() < deadline:  # the forked job carries the server's cmdline
+            time.sleep(0.2)
+        assert not _processes_naming(path)
+    assert not (ws / "long" / "model.pt").exists()
+
+
 def test_without_a_server_iri_runs_in_its_own_process(study):
     ws, env = study
     proc = subprocess.run([IRI, "params", "show", "--params", "params.yaml", "--key", "study.seed"], cwd=ws,
                           env={**env, ENV: str(ws / "no-such-socket")}, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "0"
+
+
+def test_inside_a_slurm_job_iri_never_forks_from_a_server(server, monkeypatch):
+    from iri_alignment.forkserver import delegate
+
+    monkeypatch.setenv(ENV, server)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")  # the job must run in its own allocation
+    assert delegate(["--version"]) is None
 
 
 def test_workers_run_gives_the_commands_status_and_reuses_a_running_server(tmp_path):

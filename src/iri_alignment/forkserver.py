@@ -203,6 +203,7 @@ def _start(conn: socket.socket, listener, wake_r: int, wake_w: int) -> int | Non
 def _child(request: dict, fds: list[int]) -> int:
     import logging
 
+    _die_with_parent()
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
@@ -239,6 +240,15 @@ def _child(request: dict, fds: list[int]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     return code
+
+
+def _die_with_parent() -> None:
+    """On Linux, SIGTERM this child when the server dies (its client then reports the failure)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _reap(children: dict, selector) -> None:
