@@ -143,8 +143,10 @@ def test_the_positive_control_runs_end_to_end_and_reports_its_tests(smoke, tmp_p
     for key in ("targeted_success", "set_acc", "control_acc", "set_acc_next", "p_above_chance", "p_above_control"):
         assert key in result
     assert 0 <= result["source_follows_pattern"] <= 1
+    assert 0 <= result["without_own_pattern"]["set_acc"] <= 1  # the D_det ablation
     assert 0 <= result["set_acc"] <= 1 and result["chance"] == pytest.approx(0.1) and result["n_train"] == 100
     nonrobust.write(result, tmp_path / "features" / "nonrobust")
     written = write_tables(tmp_path / "features", tmp_path / "tables")
     assert any(p.name == "features_nonrobust.md" for p in written)
     assert "D_det" in (tmp_path / "tables" / "features_nonrobust.md").read_text()
+    assert "pattern (own texture removed)" in (tmp_path / "tables" / "features_nonrobust.md").read_text()

@@ -27,7 +27,9 @@ carried by a faint class-keyed texture alone: every image (train and test) gets 
 its shape, which becomes a distractor. The source model is trained on that variant (same recipe)
 before the sets are built, and its reliance on the pattern is measured (``source_follows_pattern``:
 its accuracy against the pattern's class on test images whose pattern is swapped to another
-class). Two first designs failed that precondition (measured on the embedded profile, ResNet18):
+class). For D_det the result also holds an ablation, ``without_own_pattern``: the same set built
+from the images without their own class's texture (which, kept, predicts the new label y + 1
+perfectly and competes with the attack's features). Two first designs failed that precondition (measured on the embedded profile, ResNet18):
 i.i.d. per-pixel noise at norm 0.5 was not learnable at all (the source at chance, 7.2%), and with
 the shape agreeing with the class the source ignored even the tiled pattern (it followed the shape
 on 98.6% of swapped images, the pattern on 0%).
@@ -159,7 +161,7 @@ def experiment(params: dict, *, kind: str, variant: str, source=None, device="cp
                                   tile=cfg["pattern_tile"])
         y, y_test = (pattern_labels(n, num_classes, seed + 5).to(device),
                      pattern_labels(len(y_test), num_classes, seed + 6).to(device))
-        plain_test = x_test
+        plain_train, plain_test = x, x_test
         x, x_test = with_pattern(x, y, patterns), with_pattern(x_test, y_test, patterns)
         log.info("training the positive control's source model on the pattern variant (%d images)", n)
         source = fit_standard(params, arch, FloatSplit(x.cpu(), y.cpu()), seed=seed + 11, device=device,
@@ -186,6 +188,17 @@ def experiment(params: dict, *, kind: str, variant: str, source=None, device="cp
     result["p_above_control"] = two_proportion_above(set_correct, ctrl_correct, n_test)
     log.info("%s D_%s: targeted success %.1f%%, fresh model %.1f%% on the test set (control %.1f%%, chance %.1f%%)",
              variant, kind, 100 * success, 100 * result["set_acc"], 100 * result["control_acc"], 100 / num_classes)
+    if variant == "pattern" and kind == "det":
+        # The ablation that tests why D_det can fail here: each D_det image keeps its own class's texture,
+        # which predicts the new label y + 1 perfectly. Built from the same images without their own
+        # texture, only the attack's features carry the label.
+        x_bare = targeted_pgd(source, plain_train, t, eps=cfg["eps"], steps=cfg["steps"], step_size=cfg["step_size"])
+        model = fit_standard(params, arch, FloatSplit(x_bare.cpu(), t.cpu()), seed=seed + 19, device=device,
+                             augment=cfg["augment"], progress=progress)
+        bare_acc = accuracy(model, x_test, y_test)
+        result["without_own_pattern"] = {
+            "set_acc": bare_acc, "set_acc_next": accuracy(model, x_test, (y_test + 1) % num_classes),
+            "p_above_chance": binomial_above(round(bare_acc * n_test), n_test, 1 / num_classes)}
     return result
 
 
