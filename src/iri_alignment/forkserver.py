@@ -64,8 +64,11 @@ def delegate(argv: list[str]) -> int | None:
         return None
     with sock:
         request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
-        socket.send_fds(sock, [_HEADER.pack(len(request))], [0, 1, 2])
-        sock.sendall(request)
+        try:
+            socket.send_fds(sock, [_HEADER.pack(len(request))], [0, 1, 2])
+            sock.sendall(request)
+        except OSError:  # e.g. a closed standard stream: nothing ran, run in this process
+            return None
         reply = _recv_exact(sock, _PID.size)
         if reply is None:
             return None  # the server refused before forking: nothing ran
@@ -138,7 +141,7 @@ def serve(path: str, preload=PRELOAD) -> None:
             for key, _ in selector.select():
                 if key.data == "accept":
                     conn, _ = listener.accept()
-                    pid = _start(conn, listener, wake_r, wake_w)
+                    pid = _start(conn, [listener, *children.values()], [wake_r, wake_w])
                     if pid is None:
                         conn.close()
                         continue
@@ -160,8 +163,9 @@ def serve(path: str, preload=PRELOAD) -> None:
             os.unlink(path)
 
 
-def _start(conn: socket.socket, listener, wake_r: int, wake_w: int) -> int | None:
-    """Read one request from ``conn`` and fork its child; the child's pid (sent to the client)."""
+def _start(conn: socket.socket, sockets: list[socket.socket], fds_to_close: list[int]) -> int | None:
+    """Read one request from ``conn`` and fork its child, which closes ``sockets`` (the listener,
+    the other clients' connections) and ``fds_to_close``; the child's pid (sent to the client)."""
     conn.settimeout(10)
     try:
         uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
@@ -186,9 +190,9 @@ def _start(conn: socket.socket, listener, wake_r: int, wake_w: int) -> int | Non
     if pid == 0:  # the child: become the client's `iri` process
         code = 1
         try:
-            listener.close()
-            conn.close()
-            for fd in (wake_r, wake_w):
+            for sock in (*sockets, conn):
+                sock.close()
+            for fd in fds_to_close:
                 os.close(fd)
             code = _child(request, fds)
         finally:
