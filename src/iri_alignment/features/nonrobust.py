@@ -29,10 +29,12 @@ before the sets are built, and its reliance on the pattern is measured (``source
 its accuracy against the pattern's class on test images whose pattern is swapped to another
 class). For D_det the result also holds an ablation, ``without_own_pattern``: the same set built
 from the images without their own class's texture (which, kept, predicts the new label y + 1
-perfectly and competes with the attack's features). Two first designs failed that precondition (measured on the embedded profile, ResNet18):
-i.i.d. per-pixel noise at norm 0.5 was not learnable at all (the source at chance, 7.2%), and with
-the shape agreeing with the class the source ignored even the tiled pattern (it followed the shape
-on 98.6% of swapped images, the pattern on 0%).
+perfectly and competes with the attack's features).
+
+Two first designs failed the precondition (measured on the embedded profile, ResNet18): i.i.d.
+per-pixel noise at norm 0.5 was not learnable at all (the source at chance, 7.2%), and with the
+shape agreeing with the class the source ignored even the tiled pattern (it followed the shape on
+98.6% of swapped images, the pattern on 0%).
 """
 
 from __future__ import annotations
