@@ -665,7 +665,7 @@ def workers_run(command: tuple[str, ...]) -> None:
     """Run COMMAND (e.g. `-- snakemake --cores all`) with a fork server for its `iri` jobs.
 
     The server imports torch, MLflow and the package once; every `iri` that COMMAND starts
-    forks from it instead of starting from nothing (8.3 s against 0.6 s per job, measured on 2 cores).
+    forks from it instead of starting from nothing (5.6-8.3 s against 0.4-0.6 s per job, measured on 2 cores).
     The exit status is COMMAND's.
     """
     from iri_alignment.forkserver import run_with_server
