@@ -135,6 +135,21 @@ def test_a_server_that_dies_takes_its_jobs_with_it_and_the_client_says_so(study)
     assert not (ws / "long" / "model.pt").exists()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the server follows its parent only on Linux")
+def test_a_server_whose_starter_is_killed_stops_too(tmp_path):
+    starter = ("import sys, time; from iri_alignment.forkserver import running_server\n"
+               "with running_server() as path:\n    print(path, flush=True)\n    time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
+    path = proc.stdout.readline().strip()
+    assert _processes_naming(path)
+    proc.kill()  # SIGKILL: no `finally` runs in the starter
+    proc.wait()
+    deadline = time.time() + 30
+    while _processes_naming(path) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _processes_naming(path)
+
+
 def test_without_a_server_iri_runs_in_its_own_process(study):
     ws, env = study
     proc = subprocess.run([IRI, "params", "show", "--params", "params.yaml", "--key", "study.seed"], cwd=ws,

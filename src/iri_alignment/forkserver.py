@@ -247,7 +247,8 @@ def _child(request: dict, fds: list[int]) -> int:
 
 
 def _die_with_parent() -> None:
-    """On Linux, SIGTERM this child when the server dies (its client then reports the failure)."""
+    """On Linux, SIGTERM this process when its parent dies (a forked job: its server; the server:
+    whoever started it)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -334,4 +335,5 @@ def _answers(path: str | None) -> bool:
 
 
 if __name__ == "__main__":
+    _die_with_parent()  # started by running_server: a killed `iri workers run` or test takes it along
     serve(sys.argv[1])
