@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 
 import torch
+
+log = logging.getLogger(__name__)
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -67,10 +71,25 @@ def autocast(device: torch.device | str, precision: str = "fp32"):
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)} (study.precision)")
-    device_type = torch.device(device).type
+    device = torch.device(device)
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=torch.bfloat16)
+    _warn_if_emulated(device.type)
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@functools.cache
+def _warn_if_emulated(device_type: str) -> None:
+    """Say once per process when bf16 is asked for on a device that only emulates it:
+    there it is a slowdown, not a speed-up (make bench on a 2-core AMD EPYC with AVX2
+    and no AVX512-BF16: bf16 autocast at 0.06-0.09x fp32's speed)."""
+    if not bf16_native(torch.device(device_type)):
+        from iri_alignment.provenance import cpu_model
+
+        where = cpu_model() if device_type == "cpu" else device_type
+        log.warning("study.precision is bf16, but %s has no native bf16 (AVX512-BF16 or AMX on a CPU): autocast "
+                    "emulates it and is usually many times slower than fp32 here (`make bench` measures it); "
+                    "set study.precision: fp32", where)
 
 
 def compile_mode(device: torch.device | str, enabled: bool) -> str | None:
