@@ -66,7 +66,10 @@ def test_utilisation_against_both_peaks(run):
             if r["rate"]:
                 assert r["gflops"] > 0
                 assert r["pct_fp32_peak"] == pytest.approx(100 * r["gflops"] / peaks["fp32"])
-                assert r["pct_bf16_peak"] == pytest.approx(100 * r["gflops"] / peaks["bf16"])
+                if peaks["bf16_native"]:
+                    assert r["pct_bf16_peak"] == pytest.approx(100 * r["gflops"] / peaks["bf16"])
+                else:  # an emulated bf16 matmul is no ceiling (AMD EPYC, AVX2: 0.3 GFLOP/s vs 88 in fp32)
+                    assert r["pct_bf16_peak"] is None
     adv = {r["regime"]: r for r in report["training"]}
     assert adv["adversarial"]["images_per_s_fp32"] > 0
 
