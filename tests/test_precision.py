@@ -81,7 +81,13 @@ def test_bf16_inversion_converges_on_the_same_targets_and_reports_fp32_losses(sm
     targets, _, _ = load_targets(smoke, device=CPU)
     ref, fast = _invert(smoke, model, targets, "fp32"), _invert(smoke, model, targets, "bf16")
     threshold = smoke["inversion"]["converged_below"]
-    assert torch.equal(ref.rep_loss < threshold, fast.rep_loss < threshold)
+    # Same targets converge, except where fp32's loss lies within 25% of the threshold: there
+    # bf16's rounding decides the side (an AMD EPYC gave fp32 0.105, bf16 0.087 for one target;
+    # the per-target gaps were at most 0.03 on it and on an Intel Xeon).
+    clear = (ref.rep_loss - threshold).abs() > 0.25 * threshold
+    assert clear.sum() >= 3, ref.rep_loss  # enough targets off the knife edge for the check to mean something
+    assert torch.equal((ref.rep_loss < threshold)[clear], (fast.rep_loss < threshold)[clear])
+    assert (ref.rep_loss - fast.rep_loss).abs().max() < 0.05
     assert abs(ref.rep_loss.mean() - fast.rep_loss.mean()) < 0.02
     # the losses bf16 reports are the fp32 losses of the images it returns
     with torch.no_grad():
