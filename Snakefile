@@ -34,6 +34,7 @@ rule all:
     default_target: True
     input:
         rules.validity.output,
+        rules.diagnostics.output,
         rules.survey.output,
         rules.human.output if RESPONSES else [],
         rules.features_tables.output if FEATURE_MODELS or NONROBUST else [],

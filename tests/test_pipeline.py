@@ -88,8 +88,9 @@ def test_the_smoke_dag_produces_tables_figures_and_a_lock(workspace):
     assert list((ws / "results" / "figures" / "grids").glob("*.png"))
     assert (ws / "results" / "figures" / "alignment_by_regularizer.png").is_file()
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"params", "data", "train", "evaluate", "invert", "score", "report", "survey",
-                                   "features"}
+    assert set(lock["stages"]) == {"params", "data", "train", "evaluate", "invert", "score", "report", "diagnostics",
+                                   "survey", "features"}
+    assert "| resnet18-adversarial | reg-free |" in (ws / "results" / "diagnostics" / "clustering.md").read_text()
     features = ws / "results" / "features"
     for name in ("nonrobust", "saliency", "repdistance"):
         assert (features / "tables" / f"features_{name}.md").is_file(), name

@@ -569,6 +569,27 @@ def report_cmd(results, params_file, profile) -> None:
         log.error(failure_line(summary["failed"]))
 
 
+@cli.command("diagnose")
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder (default RESULTS/diagnostics).")
+@click.option("--proxy", "proxy_name", default=None, help="Proxy of the clustering column (default scoring.structural_proxy).")
+@params_options
+@device_option
+def diagnose_cmd(results, out, proxy_name, params_file, profile, device) -> None:
+    """Why clustering is what it is: seed-as-query, mean-colour and edge clustering, polarity
+    (diagnostics/clustering.{md,json,csv}; see iri_alignment.diagnostics)."""
+    from pathlib import Path
+
+    from iri_alignment.diagnostics import write_diagnostics
+
+    params = _study(params_file, profile)
+    out = Path(out) if out else Path(results) / "diagnostics"
+    write_diagnostics(results, out, proxy_name or params["scoring"]["structural_proxy"],
+                      bootstrap=params["report"]["significance"]["bootstrap"], seed=params["study"]["seed"],
+                      device=_device(params, device))
+    click.echo((out / "clustering.md").read_text())
+
+
 @cli.command("validity")
 @click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False))
 @params_options

@@ -42,3 +42,25 @@ rule validity:
         ENV
     shell:
         "iri validity --results {params.results} {params.study} > {output}"
+
+
+# Why clustering is what it is (iri_alignment.diagnostics): seed-as-query,
+# mean-colour and edge clustering, and contrast polarity of every scored set.
+# A diagnosis beside the report: no table or test of the study reads it.
+rule diagnostics:
+    input:
+        rules.score_all.input,
+    output:
+        f"{RESULTS}/diagnostics/clustering.md",
+    benchmark:
+        f"{RESULTS}/benchmarks/diagnostics/diagnostics.tsv",
+    log:
+        f"{RESULTS}/logs/diagnostics.log",
+    params:
+        study=STUDY,
+        results=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "iri --threads {threads} diagnose --results {params.results} {params.study} > {log} 2>&1"
