@@ -573,9 +573,11 @@ def report_cmd(results, params_file, profile) -> None:
 @click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder (default RESULTS/diagnostics).")
 @click.option("--proxy", "proxy_name", default=None, help="Proxy of the clustering column (default scoring.structural_proxy).")
+@click.option("--blur", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Gaussian sigma (pixels) on the grey levels before the edge and polarity columns; 0 = none.")
 @params_options
 @device_option
-def diagnose_cmd(results, out, proxy_name, params_file, profile, device) -> None:
+def diagnose_cmd(results, out, proxy_name, blur, params_file, profile, device) -> None:
     """Why clustering is what it is: seed-as-query, mean-colour and edge clustering, polarity
     (diagnostics/clustering.{md,json,csv}; see iri_alignment.diagnostics)."""
     from pathlib import Path
@@ -586,7 +588,7 @@ def diagnose_cmd(results, out, proxy_name, params_file, profile, device) -> None
     out = Path(out) if out else Path(results) / "diagnostics"
     write_diagnostics(results, out, proxy_name or params["scoring"]["structural_proxy"],
                       bootstrap=params["report"]["significance"]["bootstrap"], seed=params["study"]["seed"],
-                      device=_device(params, device))
+                      blur=blur, device=_device(params, device))
     click.echo((out / "clustering.md").read_text())
 
 
