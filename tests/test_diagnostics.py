@@ -52,10 +52,13 @@ def test_the_blur_lets_edges_see_an_outline_under_per_pixel_noise():
     targets = _targets()
     noisy = ((1.0 - targets) + 0.8 * torch.randn(targets.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     triplets = np.array([[i, (i + 1) % N, (i + 2) % N] for i in range(N)])
-    own_nearest = {blur: (lambda d: (d[:, 0] < d[:, 1:].min(1)).sum())(diagnostics.edge_distances(noisy, targets, triplets, blur))
-                   for blur in (0.0, 1.0)}
-    assert own_nearest[1.0] == N  # blurred, every inverted outline is nearest its own target
-    assert own_nearest[0.0] < N  # unblurred, the noise's own edges win some triplets
+
+    def own_nearest(blur: float) -> int:
+        d = diagnostics.edge_distances(noisy, targets, triplets, blur)
+        return int((d[:, 0] < d[:, 1:].min(1)).sum())
+
+    assert own_nearest(1.0) == N  # blurred, every inverted outline is nearest its own target
+    assert own_nearest(0.0) < N  # unblurred, the noise's own edges win some triplets
     assert diagnostics.negative_polarity(noisy, targets, 1.0).all()
     assert diagnostics.grey(targets, 0.0).shape == diagnostics.grey(targets, 1.0).shape == (N, 1, 32, 32)
 
