@@ -26,7 +26,7 @@ def run(repo, tmp_path_factory):
         report = bench.main(["--params", str(repo / "params.yaml"), "--profile", "smoke", "--device", "cpu",
                              "--archs", "resnet18", "--regimes", "standard,adversarial", "--proxies", "l2,ssim",
                              "--batches", "1", "--iterations", "2", "--repeats", "1", "--replicates", "2",
-                             "--levers", "batch,vmap,compile", "--peak-size", "256", "--threads", "1",
+                             "--levers", "batch,vmap,compile,channels_last", "--peak-size", "256", "--threads", "1",
                              "--no-dag", "--startup-repeats", "1", "--out", str(out)])
     assert torch.get_num_threads() == threads  # --threads 1 does not leak into later tests
     return report, out
@@ -82,6 +82,18 @@ def test_failing_levers_are_recorded_not_kept(run):
     assert vmap["error"] or vmap["rate"] > 0
     probe = rows["vmap 2 replicates, fake_relu off (probe)"]
     assert probe["probe"] and not probe["kept"] and probe["rate"] > 0
+
+
+
+def test_channels_last_is_an_error_row_where_onednn_would_crash_training(run):
+    """The smoke ResNet18's strided 1x1 shortcuts have 4 and 8 input channels: channels_last
+    training there aborted the whole bench on an AMD EPYC with AVX2 (oneDNN issue 6035); now it
+    is a row with the reason. Inversion (input gradients only) is measured in channels_last."""
+    report, _ = run
+    for row in (r for r in report["variants"]["training"] if r["variant"] == "channels_last"):
+        assert "oneDNN issue 6035" in row["error"] and not row["kept"]
+    inversion = {r["variant"]: r for r in report["variants"]["inversion"]}
+    assert inversion["channels_last"]["rate"] > 0 and not inversion["channels_last"]["error"]
 
 
 def test_report_json_markdown_and_cost(run, capsys):

@@ -1,12 +1,15 @@
-"""study.precision: fp32 stays the reference; bf16 autocast (the fast path) is bounded against it
-on the smoke profile.
+"""The fast paths: fp32 contiguous eager stays the reference; bf16 autocast
+(study.precision), channels_last (study.memory_format) and torch.compile (study.compile)
+are bounded against it on the smoke profile.
 
-Tolerances (stated here; measured on a 2-core Xeon with AMX, where bf16 is native):
+Tolerances (stated here; bf16 measured on a 2-core Xeon with AMX, where bf16 is native):
 training, the smoke ResNet18 after one epoch on the same batches: loss within 0.05
 and training accuracy within 5 points of fp32 (measured: loss 2.383 vs 2.397, accuracy
 10.0 vs 10.5%); inversion, 100 reg-free steps on the smoke targets: the same targets
 converge, mean rep loss within 0.02 of fp32 (measured 0.0897 vs 0.0949, 6 of 10
-converged either way).
+converged either way). channels_last, the same bounds (measured on a 2-core AMD EPYC
+with AVX2: the smoke ResNet18's 100-step rep losses differ by at most 0.013, on one
+target; 9 of 10 equal to 4 decimals).
 """
 
 from __future__ import annotations
@@ -72,23 +75,31 @@ def _invert(params, model, targets, precision):
                   precision=precision)
 
 
-def test_bf16_inversion_converges_on_the_same_targets_and_reports_fp32_losses(smoke):
-    torch.manual_seed(0)
-    model = build_model("shapes", "resnet18", width=smoke["models"]["width"]).eval()
+def _smoke_targets(smoke):
     from iri_alignment.data import prepare
 
     prepare("shapes", smoke["data"]["root"], shapes=smoke["data"]["shapes"], download=True)
-    targets, _, _ = load_targets(smoke, device=CPU)
-    ref, fast = _invert(smoke, model, targets, "fp32"), _invert(smoke, model, targets, "bf16")
+    return load_targets(smoke, device=CPU)[0]
+
+
+def _assert_same_targets_converge(smoke, ref, fast):
     threshold = smoke["inversion"]["converged_below"]
-    # Same targets converge, except where fp32's loss lies within 25% of the threshold: there
-    # bf16's rounding decides the side (an AMD EPYC gave fp32 0.105, bf16 0.087 for one target;
+    # Same targets converge, except where the reference's loss lies within 25% of the threshold:
+    # there rounding decides the side (an AMD EPYC gave fp32 0.105, bf16 0.087 for one target;
     # the per-target gaps were at most 0.03 on it and on an Intel Xeon).
     clear = (ref.rep_loss - threshold).abs() > 0.25 * threshold
     assert clear.sum() >= 3, ref.rep_loss  # enough targets off the knife edge for the check to mean something
     assert torch.equal((ref.rep_loss < threshold)[clear], (fast.rep_loss < threshold)[clear])
     assert (ref.rep_loss - fast.rep_loss).abs().max() < 0.05
     assert abs(ref.rep_loss.mean() - fast.rep_loss.mean()) < 0.02
+
+
+def test_bf16_inversion_converges_on_the_same_targets_and_reports_fp32_losses(smoke):
+    torch.manual_seed(0)
+    model = build_model("shapes", "resnet18", width=smoke["models"]["width"]).eval()
+    targets = _smoke_targets(smoke)
+    ref, fast = _invert(smoke, model, targets, "fp32"), _invert(smoke, model, targets, "bf16")
+    _assert_same_targets_converge(smoke, ref, fast)
     # the losses bf16 reports are the fp32 losses of the images it returns
     with torch.no_grad():
         exact = rep_loss(representation_fn(model), fast.images, representation_fn(model)(targets))
@@ -134,3 +145,58 @@ def test_compiled_inversion_matches_eager(monkeypatch):
                       compile_mode="default")
     assert modes == ["default"]
     torch.testing.assert_close(compiled.rep_loss, eager.rep_loss, atol=1e-3, rtol=1e-3)
+
+
+def test_unknown_memory_format_is_named():
+    with pytest.raises(ValueError, match="study.memory_format"):
+        devices.place(torch.nn.Conv2d(3, 4, 3), CPU, "nhwc")
+
+
+def test_channels_last_inversion_converges_on_the_same_targets(smoke):
+    """Inversion takes input gradients only, which oneDNN's channels_last 1x1 bug does not touch:
+    the smoke ResNet18 (strided 1x1 shortcuts with 4 and 8 input channels) inverts in channels_last."""
+    torch.manual_seed(0)
+    model = build_model("shapes", "resnet18", width=smoke["models"]["width"]).eval()
+    targets = _smoke_targets(smoke)
+    ref = _invert(smoke, model, targets, "fp32")
+    devices.place(model, CPU, "channels_last")
+    assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    fast = _invert(smoke, model, targets, "fp32")
+    _assert_same_targets_converge(smoke, ref, fast)
+
+
+def test_channels_last_is_refused_for_training_where_onednn_gets_the_weight_gradient_wrong(smoke, tmp_path):
+    """A strided 1x1 convolution with fewer than 16 input channels (the smoke ResNet18's shortcuts)
+    crashes oneDNN's channels_last weight gradient on AVX2 ("free(): invalid next size", measured)
+    and gives wrong gradients on AVX-512 (oneDNN issue 6035): refused with the layers named, before
+    any step; the same model may still be placed for inference."""
+    model = build_model("shapes", "resnet18", width=smoke["models"]["width"])
+    assert devices.channels_last_hazards(model) == ["backbone.layer2.0.shortcut.0 (4 -> 8, stride 2)",
+                                                    "backbone.layer3.0.shortcut.0 (8 -> 16, stride 2)"]
+    assert devices.channels_last_hazards(build_model("shapes", "resnet18", width=0.25)) == []
+    assert devices.channels_last_hazards(build_model("shapes", "vgg16", width=smoke["models"]["width"])) == []
+    with pytest.raises(ValueError, match=r"layer2\.0\.shortcut\.0 \(4 -> 8.*study.memory_format: contiguous"):
+        devices.place(model, CPU, "channels_last", trains=True)
+    params = {**smoke, "study": {**smoke["study"], "memory_format": "channels_last"}}
+    with pytest.raises(ValueError, match="oneDNN issue 6035"):
+        train(params, arch="resnet18", regime="standard", out=tmp_path / "r18", device=CPU, progress=False,
+              evaluate=False)
+    assert not (tmp_path / "r18" / "last.pt").exists()
+
+
+def test_channels_last_training_tracks_contiguous_and_has_its_own_hash(smoke, tmp_path):
+    from iri_alignment.training import run_hash
+
+    results, hashes = {}, {}
+    for layout in ("contiguous", "channels_last"):
+        params = {**smoke, "study": {**smoke["study"], "memory_format": layout}}
+        hashes[layout] = run_hash(params, "shapes", "vgg16", "standard")
+        train(params, arch="vgg16", regime="standard", out=tmp_path / layout, device=CPU, progress=False,
+              evaluate=False)
+        results[layout] = torch.load(tmp_path / layout / "last.pt", weights_only=False)["meta"]["metrics"]
+    ref, fast = results["contiguous"], results["channels_last"]
+    assert abs(ref["loss"] - fast["loss"]) < 0.05, (ref, fast)
+    assert abs(ref["train_acc"] - fast["train_acc"]) < 0.05, (ref, fast)
+    # the reference keeps the hash it had before the key existed; channels_last retrains
+    unset = {**smoke, "study": {k: v for k, v in smoke["study"].items() if k != "memory_format"}}
+    assert hashes["contiguous"] == run_hash(unset, "shapes", "vgg16", "standard") != hashes["channels_last"]

@@ -75,7 +75,7 @@ import torch
 from torch import nn
 
 from iri_alignment import augment
-from iri_alignment.devices import PRECISIONS, autocast, bf16_native, resolve_device
+from iri_alignment.devices import PRECISIONS, autocast, bf16_native, place, resolve_device
 from iri_alignment.inversion import invert, make_seed
 from iri_alignment.models import build_model
 from iri_alignment.params import inversion_iterations, load_params
@@ -275,11 +275,9 @@ def _train_candidate(params, arch, regime, levers: tuple[str, ...], *, batches: 
 
     def build():
         cfg = regime_config(params, regime)
-        model = build_model("shapes", arch, width=params["models"]["width"]).to(device).train()
+        layout = "channels_last" if "channels_last" in levers else "contiguous"
+        model = place(build_model("shapes", arch, width=params["models"]["width"]), device, layout, trains=True).train()
         x = torch.rand(bs, 3, 32, 32, device=device)
-        if "channels_last" in levers:
-            model = model.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         run = torch.compile(model) if "compile" in levers else model
         gen = torch.Generator().manual_seed(0)
@@ -385,8 +383,8 @@ def _inversion_candidate(params, arch, levers: tuple[str, ...], batch: int, *, i
 
     def build():
         def new_model():
-            m = build_model("shapes", arch, width=params["models"]["width"]).to(device).eval()
-            return m.to(memory_format=torch.channels_last) if "channels_last" in levers else m
+            layout = "channels_last" if "channels_last" in levers else "contiguous"
+            return place(build_model("shapes", arch, width=params["models"]["width"]), device, layout).eval()
 
         if replicates > 1:
             model: nn.Module = StackedReplicates([new_model() for _ in range(replicates)], fake_relu=fake_relu)
@@ -395,8 +393,6 @@ def _inversion_candidate(params, arch, levers: tuple[str, ...], batch: int, *, i
         if "compile" in levers:
             model = _Represent(model, torch.compile(model.represent))
         targets = torch.rand(batch, 3, 32, 32, device=device)
-        if "channels_last" in levers:
-            targets = targets.contiguous(memory_format=torch.channels_last)
         seed = make_seed("noise", (3, 32, 32), 0, device=device)
         objective = make_objective("reg-free", None)
 
@@ -476,7 +472,9 @@ def bench_scoring(proxies, *, pairs: int, repeats: int, device, peaks: dict) -> 
         row = _rows("scoring", {"proxy": name}, [candidate], count_flops(lambda: paired(proxy, x, y)) / pairs,
                     peaks, "pairs/s")[0]
         try:
-            with autocast(device, "bf16"):
+            # torch.autocast itself, not devices.autocast: this measures bf16's rounding, not a
+            # study.precision asked for, so no "no native bf16" warning on CPUs that emulate it
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
                 low = paired(proxy, x, y).float()
             row["bf16_max_abs_error"] = (low - paired(proxy, x, y)).abs().max().item()
         except Exception as err:  # noqa: BLE001

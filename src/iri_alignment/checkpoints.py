@@ -125,10 +125,13 @@ def load_checkpoint(path: str | Path, *, expect: dict | None = None, map_locatio
     return Checkpoint(meta=meta, model=payload["model"], state=payload.get("state") or {}, path=path)
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu", expect: dict | None = None):
+def load_model(path: str | Path, *, device: str | torch.device = "cpu", expect: dict | None = None,
+               memory_format: str = "contiguous"):
     """Build the model a checkpoint describes and load its weights.
 
-    Returns ``(model, checkpoint)`` with the model in eval mode on ``device``.
+    Returns ``(model, checkpoint)`` with the model in eval mode on ``device``,
+    its weights in ``memory_format`` (``study.memory_format``: ``contiguous``,
+    the default and reference, or ``channels_last``; :func:`iri_alignment.devices.place`).
     A state dict that does not fit the architecture raises a CheckpointError
     listing the missing, unexpected and mis-shaped tensors.
 
@@ -136,6 +139,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", expect: 
     :mod:`iri_alignment.external`): the model is rebuilt from its pinned
     weights file, and ``checkpoint.meta`` carries the entry's provenance.
     """
+    from iri_alignment.devices import place
     from iri_alignment.models import build_model
 
     if str(path).endswith(".json"):
@@ -143,14 +147,14 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", expect: 
 
         model, meta = load_descriptor(path, device=device)
         check_expected(meta, path, expect)
-        return model, Checkpoint(meta=meta, model={}, path=Path(path))
+        return place(model, device, memory_format), Checkpoint(meta=meta, model={}, path=Path(path))
 
     ckpt = load_checkpoint(path, expect=expect)
     meta = ckpt.meta
     model = build_model(meta["dataset"], meta["arch"], width=meta["width"])
     assert_state_fits(model, ckpt.model, source=str(path))
     model.load_state_dict(ckpt.model)
-    return model.to(device).eval(), ckpt
+    return place(model, device, memory_format).eval(), ckpt
 
 
 def assert_state_fits(model: torch.nn.Module, weights: dict[str, Any], *, source: str) -> None:

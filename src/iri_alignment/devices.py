@@ -1,5 +1,6 @@
 """One place that turns ``--device auto|cpu|cuda|mps`` into a ``torch.device``, and
-``study.precision`` into the context a forward pass runs in."""
+``study.precision`` into the context a forward pass runs in, and ``study.memory_format``
+into the layout a model's weights (and so its activations) are kept in."""
 
 from __future__ import annotations
 
@@ -90,6 +91,69 @@ def _warn_if_emulated(device_type: str) -> None:
         log.warning("study.precision is bf16, but %s has no native bf16 (AVX512-BF16 or AMX on a CPU): autocast "
                     "emulates it and is usually many times slower than fp32 here (`make bench` measures it); "
                     "set study.precision: fp32", where)
+
+
+#: ``study.memory_format``: ``contiguous`` (NCHW) is the reference; ``channels_last``
+#: (NHWC) keeps the model's weights, and so every convolution's output, in the layout
+#: oneDNN's CPU kernels and cuDNN's tensor-core kernels prefer. The same arithmetic in
+#: another order: not bitwise equal to the reference (tests/test_fast_paths.py bounds it).
+MEMORY_FORMATS = ("contiguous", "channels_last")
+
+#: oneDNN's widest fp32 channel block on x86 (AVX-512; 8 on AVX2). Its channels_last
+#: weight gradient of a strided 1x1 convolution with fewer input channels than the
+#: block writes past its workspace (oneDNN issue 6035, open; torch 2.14): measured
+#: here, a 2-core AMD EPYC with AVX2 aborts ("free(): invalid next size") at 2-5 input
+#: channels and matches the contiguous gradient to 1e-6 at 8 and more; on AVX-512 the
+#: issue reports silently wrong gradients instead. Input gradients are not affected.
+SAFE_STRIDED_1X1_CHANNELS = 16
+
+
+def channels_last_hazards(model: torch.nn.Module) -> list[str]:
+    """The layers of ``model`` whose channels_last weight gradient oneDNN gets wrong on a
+    CPU: strided 1x1 convolutions with fewer than :data:`SAFE_STRIDED_1X1_CHANNELS` input
+    channels (ResNet shortcuts at small widths), as ``name (in -> out, stride s)``."""
+    return [f"{name} ({m.in_channels} -> {m.out_channels}, stride {m.stride[0]})"
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1
+            and m.in_channels < SAFE_STRIDED_1X1_CHANNELS]
+
+
+def place(model: torch.nn.Module, device: torch.device | str, memory_format: str = "contiguous", *,
+          trains: bool = False) -> torch.nn.Module:
+    """Move ``model`` to ``device`` in ``memory_format`` (one of :data:`MEMORY_FORMATS`).
+
+    Only the weights change layout: a convolution whose weight is channels_last
+    computes in channels_last whatever its input's layout (PyTorch follows either
+    operand), so batches and the inversion's image stay as they are, and the
+    activations of every later layer follow. ``make bench`` (``--levers
+    channels_last``) measures whether it pays on a machine: on 2-core CPUs it
+    trained 1.2-1.6x and inverted 1.1-1.3x faster in fp32 (docs/bench.md).
+
+    Args:
+        model: any ``nn.Module``; moved in place and returned.
+        device: where it runs.
+        memory_format: ``"contiguous"`` (default, the reference) or ``"channels_last"``.
+        trains: its weights will get gradients. On a CPU, channels_last is then refused
+            for a model with a layer :func:`channels_last_hazards` names (oneDNN would
+            crash or compute a wrong weight gradient there); inference and input
+            gradients (inversion, attacks) are unaffected.
+
+    Raises:
+        ValueError: an unknown ``memory_format``, or a hazard as above.
+    """
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"unknown memory format {memory_format!r}: choose one of {', '.join(MEMORY_FORMATS)} "
+                         "(study.memory_format)")
+    if memory_format == "channels_last" and trains and torch.device(device).type == "cpu":
+        hazards = channels_last_hazards(model)
+        if hazards:
+            raise ValueError(
+                f"study.memory_format: channels_last cannot train this model on a CPU (oneDNN issue 6035): its "
+                f"weight gradient of a strided 1x1 convolution with fewer than {SAFE_STRIDED_1X1_CHANNELS} input "
+                f"channels is wrong or crashes, at {', '.join(hazards)}. Set study.memory_format: contiguous, or a "
+                f"models.width that gives these layers at least {SAFE_STRIDED_1X1_CHANNELS} input channels")
+    fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+    return model.to(device=device, memory_format=fmt)
 
 
 def compile_mode(device: torch.device | str, enabled: bool) -> str | None:

@@ -202,7 +202,7 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
         restarts = 0
     out = Path(out)
     partial = out / ".partial"
-    model, ckpt = load_model(checkpoint, device=device)
+    model, ckpt = load_model(checkpoint, device=device, memory_format=params["study"].get("memory_format", "contiguous"))
     params = {**params, "data": {**params["data"], "dataset": ckpt.meta["dataset"]}}
     if ckpt.meta.get("external"):  # a folder dataset's images are resized to the model's input
         from iri_alignment.data.folder import with_image_size

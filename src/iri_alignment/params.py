@@ -301,12 +301,14 @@ def _external_problems(params: dict) -> list[str]:
 
 
 def fast_path_settings(study: dict) -> dict:
-    """The keys of ``study`` (``precision``, ``compile``) that change a job's numbers, for its hash:
-    empty on the reference path (fp32, eager), so reference jobs keep the hashes they had before
-    these keys existed and are not rerun."""
+    """The keys of ``study`` (``precision``, ``memory_format``, ``compile``) that change a job's
+    numbers, for its hash: empty on the reference path (fp32, contiguous, eager), so reference jobs
+    keep the hashes they had before these keys existed and are not rerun."""
     settings = {}
     if study.get("precision", "fp32") != "fp32":
         settings["precision"] = study["precision"]
+    if study.get("memory_format", "contiguous") != "contiguous":
+        settings["memory_format"] = study["memory_format"]
     if study.get("compile"):
         settings["compile"] = True
     return settings

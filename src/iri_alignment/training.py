@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from iri_alignment import attacks, augment, validity
 from iri_alignment.checkpoints import CheckpointError, check_expected, load_checkpoint, save_checkpoint
 from iri_alignment.data.loading import open_split
-from iri_alignment.devices import autocast
+from iri_alignment.devices import autocast, place
 from iri_alignment.io import write_json
 from iri_alignment.models import build_model
 from iri_alignment.params import fast_path_settings, params_hash
@@ -96,8 +96,9 @@ def run_hash(params: dict, dataset: str, arch: str, regime: str, replicate: int 
         "augmentation": params["data"]["augmentation"], "shapes": params["data"]["shapes"] if dataset == "shapes" else None,
         "seed": training_seed(params, replicate),
     }
-    # precision only: study.compile concerns the inversion, not training
-    return params_hash({**settings, **{k: v for k, v in fast_path_settings(params["study"]).items() if k == "precision"}})
+    # not study.compile: it concerns the inversion, not training
+    study = {k: v for k, v in fast_path_settings(params["study"]).items() if k in ("precision", "memory_format")}
+    return params_hash({**settings, **study})
 
 
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -398,7 +399,8 @@ def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torc
     when its settings changed. ``replicate`` r (default 0) trains with seed
     ``study.seed + training.seed_offset + r`` (:func:`training_seed`).
     ``study.precision`` chooses fp32 (the reference) or bf16 autocast for the
-    training steps; evaluation always runs in fp32.
+    training steps; evaluation always runs in fp32. ``study.memory_format``
+    keeps the model contiguous (the reference) or channels_last while it trains.
     """
     dataset = params["data"]["dataset"]
     out = Path(out)
@@ -412,7 +414,8 @@ def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torc
             "replicate": replicate, "seed": seed, "precision": precision}
 
     torch.manual_seed(seed)
-    model = build_model(dataset, arch, width=params["models"]["width"]).to(device)
+    model = place(build_model(dataset, arch, width=params["models"]["width"]), device,
+                  params["study"].get("memory_format", "contiguous"), trains=True)
     train_split, test_split = open_split(params, "train"), open_split(params, "test")
     steps_per_epoch = len(train_split) // cfg["batch_size"] if regime in CONTRASTIVE else math.ceil(len(train_split) / cfg["batch_size"])
     trainable, optimizer, scheduler = build_optimisation(model, cfg, regime, max(steps_per_epoch, 1))
@@ -444,7 +447,7 @@ def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torc
     eval_kw = {"eps": meta["eps"], "steps": eval_cfg["attack_steps"], "step_factor": eval_cfg["step_factor"],
                "batch_size": params["data"]["eval_batch_size"], "device": device}
     tags = {"dataset": dataset, "arch": arch, "regime": regime, "params_hash": rhash, "replicate": replicate,
-            "precision": precision}
+            "precision": precision, "memory_format": params["study"].get("memory_format", "contiguous")}
     with start_run(params, stage="train", name=model_name(arch, regime, replicate=replicate), tags=tags, run_id=run_id,
                    log_params={"dataset": dataset, "arch": arch, "width": meta["width"], "regime": regime, **cfg}) as run:
         epochs = cfg["epochs"]

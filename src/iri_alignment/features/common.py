@@ -34,13 +34,15 @@ def fit_standard(params: dict, arch: str, split, *, seed: int, device, augment: 
                  progress: bool = False) -> torch.nn.Module:
     """A fresh model of ``arch`` trained on ``split`` with the study's standard recipe
     (``training.supervised`` and ``training.regime.standard``), augmentation ``augment``."""
+    from iri_alignment.devices import place
     from iri_alignment.models import build_model
     from iri_alignment.training import (augmentation_config, build_optimisation, regime_config,
                                         train_supervised_epoch)
 
     cfg = {**regime_config(params, "standard"), "augment": augment}
     torch.manual_seed(seed)
-    model = build_model(params["data"]["dataset"], arch, width=params["models"]["width"]).to(device)
+    model = place(build_model(params["data"]["dataset"], arch, width=params["models"]["width"]), device,
+                  params["study"].get("memory_format", "contiguous"), trains=True)
     _, optimizer, scheduler = build_optimisation(model, cfg, "standard", max(math.ceil(len(split) / cfg["batch_size"]), 1))
     for epoch in range(1, cfg["epochs"] + 1):
         train_supervised_epoch(model, split, cfg, augmentation_config(params, augment), "standard", optimizer=optimizer,
