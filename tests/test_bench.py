@@ -90,7 +90,9 @@ def test_channels_last_is_an_error_row_where_onednn_would_crash_training(run):
     training there aborted the whole bench on an AMD EPYC with AVX2 (oneDNN issue 6035); now it
     is a row with the reason. Inversion (input gradients only) is measured in channels_last."""
     report, _ = run
-    for row in (r for r in report["variants"]["training"] if r["variant"] == "channels_last"):
+    rows = [r for r in report["variants"]["training"] if r["variant"] == "channels_last"]
+    assert len(rows) == 2  # standard and adversarial
+    for row in rows:
         assert "oneDNN issue 6035" in row["error"] and not row["kept"]
     inversion = {r["variant"]: r for r in report["variants"]["inversion"]}
     assert inversion["channels_last"]["rate"] > 0 and not inversion["channels_last"]["error"]

@@ -197,6 +197,20 @@ def test_channels_last_training_tracks_contiguous_and_has_its_own_hash(smoke, tm
     ref, fast = results["contiguous"], results["channels_last"]
     assert abs(ref["loss"] - fast["loss"]) < 0.05, (ref, fast)
     assert abs(ref["train_acc"] - fast["train_acc"]) < 0.05, (ref, fast)
+    # it really trained in that layout (torch.save keeps strides), and says so only when not the reference
+    saved = {layout: torch.load(tmp_path / layout / "last.pt", weights_only=False) for layout in results}
+    first = next(k for k, v in saved["channels_last"]["model"].items() if v.dim() == 4)
+    assert saved["channels_last"]["model"][first].is_contiguous(memory_format=torch.channels_last)
+    assert not saved["contiguous"]["model"][first].is_contiguous(memory_format=torch.channels_last)
+    assert saved["channels_last"]["meta"]["memory_format"] == "channels_last"
+    assert "memory_format" not in saved["contiguous"]["meta"]
+    # and a checkpoint loads in either layout, for inversion (generation passes study.memory_format)
+    from iri_alignment.checkpoints import load_model
+
+    for layout, expect in (("channels_last", True), ("contiguous", False)):
+        model, _ = load_model(tmp_path / "contiguous" / "model.pt", memory_format=layout)
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) is expect
     # the reference keeps the hash it had before the key existed; channels_last retrains
     unset = {**smoke, "study": {k: v for k, v in smoke["study"].items() if k != "memory_format"}}
     assert hashes["contiguous"] == run_hash(unset, "shapes", "vgg16", "standard") != hashes["channels_last"]

@@ -96,7 +96,7 @@ def _warn_if_emulated(device_type: str) -> None:
 #: ``study.memory_format``: ``contiguous`` (NCHW) is the reference; ``channels_last``
 #: (NHWC) keeps the model's weights, and so every convolution's output, in the layout
 #: oneDNN's CPU kernels and cuDNN's tensor-core kernels prefer. The same arithmetic in
-#: another order: not bitwise equal to the reference (tests/test_fast_paths.py bounds it).
+#: another order: not bitwise equal to the reference (tests/test_precision.py bounds it).
 MEMORY_FORMATS = ("contiguous", "channels_last")
 
 #: oneDNN's widest fp32 channel block on x86 (AVX-512; 8 on AVX2). Its channels_last
@@ -111,11 +111,15 @@ SAFE_STRIDED_1X1_CHANNELS = 16
 def channels_last_hazards(model: torch.nn.Module) -> list[str]:
     """The layers of ``model`` whose channels_last weight gradient oneDNN gets wrong on a
     CPU: strided 1x1 convolutions with fewer than :data:`SAFE_STRIDED_1X1_CHANNELS` input
-    channels (ResNet shortcuts at small widths), as ``name (in -> out, stride s)``."""
-    return [f"{name} ({m.in_channels} -> {m.out_channels}, stride {m.stride[0]})"
+    channels per group (ResNet shortcuts below width 0.25), as ``name (in -> out, stride s)``.
+    The limit was measured in fp32; bf16 kernels block channels at least as wide."""
+    def stride(m):
+        return m.stride[0] if len(set(m.stride)) == 1 else "x".join(map(str, m.stride))
+
+    return [f"{name} ({m.in_channels} -> {m.out_channels}, stride {stride(m)})"
             for name, m in model.named_modules()
             if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1
-            and m.in_channels < SAFE_STRIDED_1X1_CHANNELS]
+            and m.in_channels // m.groups < SAFE_STRIDED_1X1_CHANNELS]
 
 
 def place(model: torch.nn.Module, device: torch.device | str, memory_format: str = "contiguous", *,
@@ -126,8 +130,8 @@ def place(model: torch.nn.Module, device: torch.device | str, memory_format: str
     computes in channels_last whatever its input's layout (PyTorch follows either
     operand), so batches and the inversion's image stay as they are, and the
     activations of every later layer follow. ``make bench`` (``--levers
-    channels_last``) measures whether it pays on a machine: on 2-core CPUs it
-    trained 1.2-1.6x and inverted 1.1-1.3x faster in fp32 (docs/bench.md).
+    channels_last``) measures whether it pays on a machine; the ratios measured
+    on three 2-core CPUs, and how they varied, are in docs/bench.md.
 
     Args:
         model: any ``nn.Module``; moved in place and returned.

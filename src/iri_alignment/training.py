@@ -412,6 +412,8 @@ def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torc
     meta = {"dataset": dataset, "arch": arch, "width": params["models"]["width"], "regime": regime,
             "params_hash": rhash, "profile": params["profile"], "eps": threat_eps(params, regime),
             "replicate": replicate, "seed": seed, "precision": precision}
+    if params["study"].get("memory_format", "contiguous") != "contiguous":  # the reference's files stay as they were
+        meta["memory_format"] = params["study"]["memory_format"]
 
     torch.manual_seed(seed)
     model = place(build_model(dataset, arch, width=params["models"]["width"]), device,

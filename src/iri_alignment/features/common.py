@@ -33,7 +33,8 @@ def first_test_images(params: dict, n: int, device) -> tuple[torch.Tensor, torch
 def fit_standard(params: dict, arch: str, split, *, seed: int, device, augment: str = "none",
                  progress: bool = False) -> torch.nn.Module:
     """A fresh model of ``arch`` trained on ``split`` with the study's standard recipe
-    (``training.supervised`` and ``training.regime.standard``), augmentation ``augment``."""
+    (``training.supervised`` and ``training.regime.standard``), augmentation ``augment``,
+    under ``study.precision`` and ``study.memory_format``."""
     from iri_alignment.devices import place
     from iri_alignment.models import build_model
     from iri_alignment.training import (augmentation_config, build_optimisation, regime_config,
