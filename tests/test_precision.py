@@ -110,16 +110,23 @@ def test_bf16_inversion_converges_on_the_same_targets_and_reports_fp32_losses(sm
     assert torch.equal(default.images, ref.images)
 
 
+def _train_one_epoch_each(smoke, tmp_path, key: str, reference: str, fast: str, arch: str) -> dict:
+    """The smoke model trained for one epoch with ``study.<key>`` at ``reference`` and at
+    ``fast``, on the same batches; asserts the fast path's loss and training accuracy are within
+    the module's tolerances and returns both saved ``last.pt`` payloads by value."""
+    saved = {}
+    for value in (reference, fast):
+        params = {**smoke, "study": {**smoke["study"], key: value}}
+        train(params, arch=arch, regime="standard", out=tmp_path / value, device=CPU, progress=False, evaluate=False)
+        saved[value] = torch.load(tmp_path / value / "last.pt", weights_only=False)
+    ref, got = saved[reference]["meta"]["metrics"], saved[fast]["meta"]["metrics"]
+    assert abs(ref["loss"] - got["loss"]) < 0.05, (ref, got)
+    assert abs(ref["train_acc"] - got["train_acc"]) < 0.05, (ref, got)
+    return saved
+
+
 def test_bf16_training_tracks_fp32_on_the_smoke_profile(smoke, tmp_path):
-    results = {}
-    for precision in ("fp32", "bf16"):
-        params = {**smoke, "study": {**smoke["study"], "precision": precision}}
-        train(params, arch="resnet18", regime="standard", out=tmp_path / precision, device=CPU, progress=False,
-              evaluate=False)
-        results[precision] = torch.load(tmp_path / precision / "last.pt", weights_only=False)["meta"]["metrics"]
-    ref, fast = results["fp32"], results["bf16"]
-    assert abs(ref["loss"] - fast["loss"]) < 0.05, (ref, fast)
-    assert abs(ref["train_acc"] - fast["train_acc"]) < 0.05, (ref, fast)
+    _train_one_epoch_each(smoke, tmp_path, "precision", "fp32", "bf16", "resnet18")
 
 
 def test_compiled_inversion_matches_eager(monkeypatch):
@@ -187,18 +194,10 @@ def test_channels_last_is_refused_for_training_where_onednn_gets_the_weight_grad
 def test_channels_last_training_tracks_contiguous_and_has_its_own_hash(smoke, tmp_path):
     from iri_alignment.training import run_hash
 
-    results, hashes = {}, {}
-    for layout in ("contiguous", "channels_last"):
-        params = {**smoke, "study": {**smoke["study"], "memory_format": layout}}
-        hashes[layout] = run_hash(params, "shapes", "vgg16", "standard")
-        train(params, arch="vgg16", regime="standard", out=tmp_path / layout, device=CPU, progress=False,
-              evaluate=False)
-        results[layout] = torch.load(tmp_path / layout / "last.pt", weights_only=False)["meta"]["metrics"]
-    ref, fast = results["contiguous"], results["channels_last"]
-    assert abs(ref["loss"] - fast["loss"]) < 0.05, (ref, fast)
-    assert abs(ref["train_acc"] - fast["train_acc"]) < 0.05, (ref, fast)
+    saved = _train_one_epoch_each(smoke, tmp_path, "memory_format", "contiguous", "channels_last", "vgg16")
+    hashes = {layout: run_hash({**smoke, "study": {**smoke["study"], "memory_format": layout}}, "shapes", "vgg16",
+                               "standard") for layout in saved}
     # it really trained in that layout (torch.save keeps strides), and says so only when not the reference
-    saved = {layout: torch.load(tmp_path / layout / "last.pt", weights_only=False) for layout in results}
     first = next(k for k, v in saved["channels_last"]["model"].items() if v.dim() == 4)
     assert saved["channels_last"]["model"][first].is_contiguous(memory_format=torch.channels_last)
     assert not saved["contiguous"]["model"][first].is_contiguous(memory_format=torch.channels_last)
