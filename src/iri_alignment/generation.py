@@ -202,7 +202,8 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
         restarts = 0
     out = Path(out)
     partial = out / ".partial"
-    model, ckpt = load_model(checkpoint, device=device, memory_format=params["study"].get("memory_format", "contiguous"))
+    memory_format = params["study"].get("memory_format", "contiguous")
+    model, ckpt = load_model(checkpoint, device=device, memory_format=memory_format)
     params = {**params, "data": {**params["data"], "dataset": ckpt.meta["dataset"]}}
     if ckpt.meta.get("external"):  # a folder dataset's images are resized to the model's input
         from iri_alignment.data.folder import with_image_size
@@ -220,7 +221,7 @@ def generate(params: dict, *, checkpoint: str | Path, regularizer: str, out: str
 
     tags = {"dataset": ckpt.meta["dataset"], "arch": ckpt.meta["arch"], "regime": ckpt.meta["regime"],
             "regularizer": regularizer, "params_hash": job_hash, "checkpoint": str(checkpoint),
-            "replicate": ckpt.meta.get("replicate", 0), "precision": precision}
+            "replicate": ckpt.meta.get("replicate", 0), "precision": precision, "memory_format": memory_format}
     name = ckpt.meta["id"] if ckpt.meta.get("external") else f"{ckpt.meta['arch']}-{ckpt.meta['regime']}"
     with start_run(params, stage="invert", name=f"{name}-{regularizer}", tags=tags,
                    log_params={k: v for k, v in settings.items() if k != "targets"}):

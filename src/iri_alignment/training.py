@@ -408,16 +408,16 @@ def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torc
     cfg = regime_config(params, regime)
     seed = training_seed(params, replicate)
     precision = params["study"].get("precision", "fp32")
+    memory_format = params["study"].get("memory_format", "contiguous")
     rhash = run_hash(params, dataset, arch, regime, replicate)
     meta = {"dataset": dataset, "arch": arch, "width": params["models"]["width"], "regime": regime,
             "params_hash": rhash, "profile": params["profile"], "eps": threat_eps(params, regime),
             "replicate": replicate, "seed": seed, "precision": precision}
-    if params["study"].get("memory_format", "contiguous") != "contiguous":  # the reference's files stay as they were
-        meta["memory_format"] = params["study"]["memory_format"]
+    if memory_format != "contiguous":  # the reference's files stay as they were
+        meta["memory_format"] = memory_format
 
     torch.manual_seed(seed)
-    model = place(build_model(dataset, arch, width=params["models"]["width"]), device,
-                  params["study"].get("memory_format", "contiguous"), trains=True)
+    model = place(build_model(dataset, arch, width=params["models"]["width"]), device, memory_format, trains=True)
     train_split, test_split = open_split(params, "train"), open_split(params, "test")
     steps_per_epoch = len(train_split) // cfg["batch_size"] if regime in CONTRASTIVE else math.ceil(len(train_split) / cfg["batch_size"])
     trainable, optimizer, scheduler = build_optimisation(model, cfg, regime, max(steps_per_epoch, 1))
@@ -449,7 +449,7 @@ def train(params: dict, *, arch: str, regime: str, out: str | Path, device: torc
     eval_kw = {"eps": meta["eps"], "steps": eval_cfg["attack_steps"], "step_factor": eval_cfg["step_factor"],
                "batch_size": params["data"]["eval_batch_size"], "device": device}
     tags = {"dataset": dataset, "arch": arch, "regime": regime, "params_hash": rhash, "replicate": replicate,
-            "precision": precision, "memory_format": params["study"].get("memory_format", "contiguous")}
+            "precision": precision, "memory_format": memory_format}
     with start_run(params, stage="train", name=model_name(arch, regime, replicate=replicate), tags=tags, run_id=run_id,
                    log_params={"dataset": dataset, "arch": arch, "width": meta["width"], "regime": regime, **cfg}) as run:
         epochs = cfg["epochs"]
