@@ -1,0 +1,3 @@
+from iri_alignment.bench.cli import main
+
+main()
