@@ -75,3 +75,17 @@ def test_models_describe(run):
 def test_models_describe_unknown_arch_is_a_clear_error():
     res = CliRunner().invoke(cli, ["models", "describe", "--dataset", "imagenet", "--arch", "densenet121"])
     assert res.exit_code == 1 and "densenet121" in res.output and "resnet50" in res.output
+
+
+def test_a_thread_count_below_one_is_refused_by_name(repo):
+    res = CliRunner().invoke(cli, ["--threads", "0", "params", "show", "--params", str(repo / "params.yaml")])
+    assert res.exit_code == 2 and "--threads" in res.output and "0 is not in the range x>=1" in res.output
+
+
+def test_validity_of_a_run_that_evaluated_no_model_fails(repo, tmp_path):
+    """A validity.json over zero models is no pass: nothing was judged against its floor."""
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "validity.json").write_text(json.dumps({"floors": {}, "failed": {}, "models": [], "sets": []}))
+    res = CliRunner().invoke(cli, ["validity", "--results", str(tmp_path), "--params", str(repo / "params.yaml"),
+                                   "--profile", "smoke"])
+    assert res.exit_code == 1 and "lists no model: nothing was evaluated" in res.output

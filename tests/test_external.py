@@ -14,6 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
+from iri_alignment.data import DatasetError
 from iri_alignment.external import ExternalModelError, load_external, parse_entry
 from iri_alignment.external.inspection import inspect_external
 from iri_alignment.external.weights import fetch, read_weights, verify
@@ -402,9 +403,8 @@ def own_images(tmp_path) -> Path:
 def folder_study(smoke, own_images, external) -> dict:
     params = {**smoke, "data": {**smoke["data"], "dataset": "folder", "folder": {"root": str(own_images)}},
               "models": {**smoke["models"], "archs": [], "external": external},
-              "training": {**smoke["training"], "regimes": [], "contrastive_regimes": [],
-                           "contrastive": {**smoke["training"]["contrastive"], "archs": []}}}
-    return validate(params)
+              "training": {**smoke["training"], "regimes": [], "contrastive_regimes": []}}
+    return validate(params)  # as the README's recipe writes it: training.contrastive.archs left at its default
 
 
 def test_a_folder_of_own_images_is_resized_to_the_models_input_for_targets_and_evaluation(smoke, own_images, plain_file):
@@ -426,9 +426,22 @@ def test_a_folder_of_own_images_is_resized_to_the_models_input_for_targets_and_e
     assert result["clean_acc"] is None and "3 class folders" in result["note"] and result["validity"]["passed"]
 
 
+def test_a_file_pil_cannot_read_in_the_folder_is_named(own_images):
+    from iri_alignment.data.folder import image_folder
+
+    (own_images / "dog" / "notes.png").write_text("not an image")
+    dataset = image_folder(own_images, 32)
+    bad = next(i for i, (path, _) in enumerate(dataset.samples) if path.endswith("notes.png"))
+    assert dataset[0][0].shape == (3, 32, 32)
+    with pytest.raises(DatasetError, match=r"dog/notes.png is not an image that PIL can read .*remove it"):
+        dataset[bad]
+
+
 def test_a_folder_dataset_refuses_training_and_names_missing_settings(smoke, own_images, plain_file):
     params = folder_study(smoke, own_images, [entry(plain_file)])
     with pytest.raises(ParamsError, match="allowed: none"):
         validate({**params, "models": {**params["models"], "archs": ["resnet18"]}})
     with pytest.raises(ParamsError, match="data.folder is not set"):
         validate({**params, "data": {k: v for k, v in params["data"].items() if k != "folder"}})
+    with pytest.raises(ParamsError, match=r"training.contrastive.archs\[0\] = 'resnet18' is not available"):
+        validate({**params, "training": {**params["training"], "contrastive_regimes": ["simclr"]}})

@@ -159,3 +159,10 @@ def test_overrides_set_any_key_and_name_a_bad_one(params_file):
         load_params(params_file, "embedded", ["study.seed=x"])
     with pytest.raises(ParamsError, match="no key study.sed \\(did you mean 'seed'\\?\\); keys there: name, seed, device"):
         get(params, "study.sed")
+
+
+def test_an_override_cannot_switch_the_profile(params_file):
+    """--set profile=X would keep the other profile's values under X's name (MLflow experiment, tags)."""
+    for item in ("profile=embedded", "profiles.smoke.study.seed=1"):
+        with pytest.raises(ParamsError, match="pick it with --profile NAME"):
+            load_params(params_file, "paper", [item])

@@ -301,13 +301,13 @@ def test_a_model_without_the_structural_proxy_gets_dashes(tmp_path):
     assert list(pd.read_csv(tables / "alignment_by_regularizer.csv")["training"]) == ["AT (l2, eps=1)"]
 
 
-def test_empty_and_absent_results(tmp_path):
+def test_empty_and_absent_results_are_named_not_reported(tmp_path):
+    """An empty folder (a wrong --results) would give empty tables and a validity that passes zero models."""
     (tmp_path / "results").mkdir()
-    summary, tables, _ = report(tmp_path, tmp_path / "results")
-    assert (tables / "significance.csv").is_file()
-    assert not (tables / "alignment_by_regularizer.csv").exists()
-    assert summary["headline"]["alignment"] == {} and summary["skipped"]
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="results holds nothing to report: no scores"):
+        report(tmp_path, tmp_path / "results")
+    assert not (tmp_path / "tables").exists()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         load_results(tmp_path / "nowhere")
 
 

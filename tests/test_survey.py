@@ -416,6 +416,25 @@ def test_a_rebuild_never_replaces_a_study_that_holds_answers(study, client, stud
     assert (study / "responses.db").is_file()
 
 
+def test_a_folder_that_is_not_a_study_is_named_before_any_mlflow_run(tmp_path, repo, monkeypatch):
+    from click.testing import CliRunner
+
+    from iri_alignment.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    (tmp_path / "answers.csv").write_text("x\n")
+    (tmp_path / "empty").mkdir()
+    for args in (["survey", "analyze", "--responses", "answers.csv", "--study", "empty", "--out", "out",
+                  "--params", str(repo / "params.yaml"), "--profile", "smoke"],
+                 ["survey", "jatos", "--study", "empty", "--out", "s.jzip"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1 and "empty is not a study folder (no study.json): build one" in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not store.exists() and not (tmp_path / "out").exists() and not (tmp_path / "s.jzip").exists()
+
+
 JATOS_STUB = """
 // A stand-in for the jatos.js that JATOS serves: enough of its API for the page, recording what it is given.
 window.__jatos = {appended: [], ended: null};

@@ -65,7 +65,7 @@ def echo_json(obj) -> None:
 @click.version_option(__version__, prog_name="iri")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-@click.option("--threads", default=None, type=int, envvar="IRI_THREADS",
+@click.option("--threads", default=None, type=click.IntRange(min=1), envvar="IRI_THREADS",
               help="CPU threads for torch (default: torch's choice; env IRI_THREADS). Give each parallel job its own share: "
                    "two jobs with two threads each on two cores run many times slower than with one.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -524,9 +524,11 @@ def survey_analyze(responses, study, out, scores, results, proxy, params_file, p
     from pathlib import Path
 
     from iri_alignment.survey.analysis import analyze
+    from iri_alignment.survey.build import read_summary
     from iri_alignment.tracking import log_artifact, log_metrics, start_run
 
     params = load(params_file, profile)
+    read_summary(study)  # a wrong --study fails here, before an MLflow run is opened
     with start_run(params, stage="survey", name="human-study", tags={"study": str(study)},
                    log_params={"responses": str(responses)}):
         summary = analyze(responses, study, out, scores=scores, results=results,
@@ -607,7 +609,11 @@ def validity_cmd(results, params_file, profile) -> None:
     path = Path(results) / "tables" / "validity.json"
     if not path.is_file():
         raise click.ClickException(f"{path} does not exist: run `iri report --results {results}` first")
-    failed = read_json(path)["failed"]
+    validity = read_json(path)
+    if not validity["models"]:
+        raise click.ClickException(f"{path} lists no model: nothing was evaluated, so nothing passed its floor; "
+                                   "run the study (snakemake) before judging it")
+    failed = validity["failed"]
     if failed and not params["report"].get("allow_failed", False):
         raise click.ClickException(failure_line(failed))
     if failed:
@@ -685,7 +691,7 @@ def workers_group() -> None:
 @workers_group.command("run", context_settings={"ignore_unknown_options": True})
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def workers_run(command: tuple[str, ...]) -> None:
-    """Run COMMAND (e.g. `-- snakemake --cores all`) with a fork server for its `iri` jobs.
+    """Run COMMAND (for example `-- snakemake --cores all`) with a fork server for its `iri` jobs.
 
     The server imports torch, MLflow and the package once; every `iri` that COMMAND starts
     forks from it instead of starting from nothing (5.6-8.3 s against 0.4-0.6 s per job, measured on 2 cores).

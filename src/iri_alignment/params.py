@@ -124,6 +124,10 @@ def apply_overrides(params: dict, overrides: Sequence[str], *, source: str = DEF
             value = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise ParamsError(f"override {item!r}: the value is not valid YAML: {err}") from None
+        if key == "profile" or key.split(".")[0] == "profiles":
+            # the profile is merged before overrides apply: setting it here would relabel the run, not change it
+            raise ParamsError(f"override {item!r}: the profile is chosen before overrides apply; "
+                              "pick it with --profile NAME (snakemake: --config profile=NAME)")
         *parents, last = key.split(".")
         node = out
         for depth, part in enumerate(parents):
@@ -247,7 +251,9 @@ def _cross_key_problems(params: dict) -> list[str]:
     problems = []
     family = get_spec(params["data"]["dataset"]).family
     allowed = ARCHITECTURES[family]
-    for key in ("models.archs", "training.contrastive.archs"):
+    # contrastive archs matter only when a contrastive regime trains them
+    keys = ("models.archs", "training.contrastive.archs") if params["training"]["contrastive_regimes"] else ("models.archs",)
+    for key in keys:
         for i, arch in enumerate(get(params, key)):
             if arch not in allowed:
                 problems.append(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iri_alignment.data.sources import IMAGE_SUFFIXES, DatasetError
+from iri_alignment.data.sources import IMAGE_SUFFIXES, DatasetError, read_rgb
 
 
 def class_folders(root: str | Path) -> list[str]:
@@ -51,6 +51,5 @@ def image_folder(root: str | Path, size: int):
     from torchvision.datasets import ImageFolder
 
     class_folders(root)
-    tf = transforms.Compose([transforms.Lambda(lambda im: im.convert("RGB")), transforms.Resize(size),
-                             transforms.CenterCrop(size), transforms.ToTensor()])
-    return ImageFolder(str(root), transform=tf)
+    tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
+    return ImageFolder(str(root), transform=tf, loader=read_rgb)

@@ -238,9 +238,22 @@ def check_imagenet(root: str | Path | None) -> dict:
     return {"root": str(root), "classes": len(classes["train"])}
 
 
+def read_rgb(path: str):
+    """The image at ``path`` as an RGB PIL image (ImageFolder's loader); a file PIL cannot
+    read (a corrupt download, a text file named .png) is a DatasetError naming it."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f, Image.open(f) as image:
+            return image.convert("RGB")
+    except OSError as err:  # PIL.UnidentifiedImageError and truncated files are OSErrors
+        raise DatasetError(f"{path} is not an image that PIL can read ({type(err).__name__}: {err}); "
+                           "remove it from the dataset folder or convert it") from None
+
+
 def imagenet_folder(root: str | Path, split: str, transform=None):
     """A torchvision ImageFolder over ``root/split`` (``train`` or ``val``)."""
     from torchvision.datasets import ImageFolder
 
     check_imagenet(root)
-    return ImageFolder(str(Path(root) / split), transform=transform)
+    return ImageFolder(str(Path(root) / split), transform=transform, loader=read_rgb)

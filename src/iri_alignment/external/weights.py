@@ -48,7 +48,7 @@ def _where_to_put(model: ExternalModel) -> str:
     w = model.weights
     url = f" from {w['url']}" if w.get("url") else ""
     return (f"download it{url} and save it as {w['file']} (sha256 {w['sha256']}), or run "
-            f"`iri models fetch --id {model.id}` where there is network")
+            f"`iri models fetch --id {model.id} --profile <the profile that declares it>` where there is network")
 
 
 def verify(model: ExternalModel) -> Path:

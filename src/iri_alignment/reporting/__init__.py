@@ -128,12 +128,12 @@ def build_report(results: Path, out_tables: Path, out_figures: Path, *, structur
         ``failed`` maps each model below its floor to the reasons.
 
     Raises:
-        FileNotFoundError: ``results`` is not a folder.
+        FileNotFoundError: ``results`` is not a folder, or holds nothing to report (:func:`load_results`).
     """
     out_tables, out_figures = Path(out_tables), Path(out_figures)
+    res = load_results(results, converged_below=converged_below, floors=floors)
     out_tables.mkdir(parents=True, exist_ok=True)
     out_figures.mkdir(parents=True, exist_ok=True)
-    res = load_results(results, converged_below=converged_below, floors=floors)
     skipped = list(res.skipped)
 
     def skip(reason: str) -> None:

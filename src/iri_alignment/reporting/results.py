@@ -170,7 +170,7 @@ def load_results(results: str | Path, *, converged_below: float = 0.1, floors: d
         floors: ``evaluation.floor`` (accuracy floors per kind of model, percent); None (default): no check.
 
     Raises:
-        FileNotFoundError: ``results`` is not a folder.
+        FileNotFoundError: ``results`` is not a folder, or holds no scores, IRI sets, models or evaluations.
     """
     root = Path(results)
     if not root.is_dir():
@@ -206,6 +206,10 @@ def load_results(results: str | Path, *, converged_below: float = 0.1, floors: d
             hints.setdefault(folder.name, None)
     for path in sorted((root / "evaluation").glob("*.json")):
         hints.setdefault(path.stem, None)
+    if not hints:
+        raise FileNotFoundError(f"{root} holds nothing to report: no scores (scores/<model>/<regularizer>.csv), IRI "
+                                "sets, models or evaluations; run the study first (snakemake, make demo) or point "
+                                "--results at its results folder")
 
     rows = []
     for model_id, hint in sorted(hints.items()):

@@ -41,6 +41,7 @@ import pandas as pd
 from scipy import stats
 
 from iri_alignment.reporting.tables import Table, write_table
+from iri_alignment.survey.build import read_summary
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ def analyze(responses: str | Path, study: str | Path, out: str | Path, *, scores
             results: str | Path | None = None, proxy: str | None = None, bootstrap: int = 2000, seed: int = 0) -> dict:
     """Run every step (module docstring); write tables into ``out`` and return the summary."""
     study, out = Path(study), Path(out)
-    rules = json.loads((study / "study.json").read_text())["survey"]["exclusions"]
+    rules = read_summary(study)["survey"]["exclusions"]
     answers = read_responses(responses, study)
     kept, exclusions = apply_exclusions(answers, rules)
     main = kept[kept["kind"] == "main"]

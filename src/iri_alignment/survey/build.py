@@ -43,6 +43,16 @@ def _dump(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
+def read_summary(study: str | Path) -> dict:
+    """``study.json`` of a built study folder; a folder without one is a FileNotFoundError
+    that says how to build it."""
+    path = Path(study) / "study.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{study} is not a study folder (no study.json): build one with "
+                                "`iri survey build --iris DIR ... --out STUDY`")
+    return json.loads(path.read_text())
+
+
 def refuse_if_answered(out: Path) -> None:
     """A study folder that holds collected answers is never replaced (they would be lost)."""
     db = out / "responses.db"

@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 from iri_alignment.io import atomic_write
+from iri_alignment.survey.build import read_summary
 
 NAMESPACE = uuid.UUID("8b3f0a57-3c1e-4b8e-9f9e-6a1d2c4e5f70")
 
@@ -48,7 +49,7 @@ def jas(summary: dict, texts: dict, completion_url: str | None, dir_name: str) -
 def build_jzip(study: str | Path, out: str | Path) -> dict:
     """Write ``out`` (a ``.jzip``) from a built study folder; returns what it holds."""
     study = Path(study)
-    summary = json.loads((study / "study.json").read_text())
+    summary = read_summary(study)
     config = json.loads((study / "public" / "config.json").read_text())
     dir_name = f"iri_alignment_{summary['study_hash']}"
     page = (study / "public" / "index.html").read_text()

@@ -26,6 +26,7 @@ import os
 import secrets
 from pathlib import Path
 
+from iri_alignment.survey.build import read_summary
 from iri_alignment.survey.storage import Store
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,7 @@ class Study:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        if not (self.folder / "study.json").is_file():
-            raise FileNotFoundError(f"{self.folder} is not a study folder (no study.json): build one with "
-                                    "`iri survey build --iris DIR ... --out STUDY`")
-        self.summary = json.loads((self.folder / "study.json").read_text())
+        self.summary = read_summary(self.folder)
         self.public = self.folder / "public"
         self.trials = json.loads((self.folder / "private" / "trials.json").read_text())
         self.lists = json.loads((self.folder / "private" / "lists.json").read_text())
