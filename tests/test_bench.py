@@ -115,3 +115,19 @@ def test_report_json_markdown_and_cost(run, capsys):
     assert "| resnet18 | adversarial | **" in text and "| ssim | **fp32 eager** |" in text
     assert text.count("- kept, ") == 2 + 1 + 2
     assert "failed: RuntimeError: no compiler here" in text
+
+
+def test_the_paper_cost_prices_the_inversions_the_dag_plans(repo):
+    """At one image-iteration per second, the priced inversion hours are the image-iterations of
+    every IRI set plan.inversion_jobs lists for the paper (the last kept SimCLR epoch is the final
+    model's set, not one more)."""
+    from iri_alignment.params import inversion_iterations, load_params
+    from iri_alignment.plan import inversion_jobs
+
+    paper = load_params(repo / "params.yaml", "paper")
+    archs = paper["models"]["archs"]
+    unit = {"training": [{"arch": a, "regime": r, "images_per_s": 1.0} for a in archs for r in ("standard", "adversarial")],
+            "inversion": [{"arch": a, "image_iterations_per_s": 1.0} for a in archs]}
+    targets = paper["inversion"]["targets"]["per_class"] * 10
+    planned = sum(targets * inversion_iterations(paper, reg) for _, reg in inversion_jobs(paper))
+    assert bench.paper_cost(unit, paper)["invert"] == round(planned / 3600, 1)

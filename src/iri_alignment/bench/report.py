@@ -11,6 +11,7 @@ from iri_alignment.bench.race import GAIN, REFERENCE
 from iri_alignment.bench.startup import JOB_IMPORTS
 from iri_alignment.devices import bf16_native
 from iri_alignment.params import inversion_iterations
+from iri_alignment.plan import kept_epochs
 
 
 def summary(rows: list[dict], keys: tuple[str, ...], rate_key: str) -> list[dict]:
@@ -56,9 +57,9 @@ def paper_cost(report: dict, paper: dict) -> dict:
     c = t["contrastive"]
     for arch in c["archs"]:
         if (arch, "standard") in train_speed and arch in inv_speed:
-            for _ in t["contrastive_regimes"]:
+            for regime in t["contrastive_regimes"]:
                 hours["train"] += c["epochs"] * n_train * 2 / train_speed[(arch, "standard")] / 3600
-                kept = c["epochs"] // c["keep_every"] if c.get("keep_every") else 1
+                kept = len(kept_epochs(paper, regime))  # the last epoch is the final model's set, counted in steps_all
                 hours["invert"] += (steps_all + kept * reg_free) * n_targets / inv_speed[arch] / 3600
     hours["total"] = sum(hours.values())
     return {k: round(v, 1) for k, v in hours.items()}
