@@ -12,7 +12,7 @@ device is ever opened, the smoke profile computes on the CPU) so that the rules'
 
 It then runs the smoke DAG (by default the slice of it in SLICE: one job per
 partition and resource kind, which fits the 12-minute budget of `make test`;
-IRI_SLURM_TEST=full runs all 29 jobs) with `--profile` set to the repository's SLURM
+IRI_SLURM_TEST=full runs the DAG up to validity, 29 jobs when measured) with `--profile` set to the repository's SLURM
 profile with only what this node cannot give replaced (see `_test_profile`):
 account `iri` (created here), one CPU and one thread per job, the profile's
 memory divided by 16, no retries, and fast status polling. Every other value
@@ -53,7 +53,7 @@ PACKAGES = "slurmctld slurmd slurm-client slurmdbd munge mariadb-server"
 
 
 # IRI_SLURM_TEST=1 (or -m slurm): a slice of the smoke DAG, three jobs of three rules in two stages, both
-# partitions, gpu=1 (2.5 min on 2 busy cores). IRI_SLURM_TEST=full: all of it (29 jobs, 12 min there).
+# partitions, gpu=1 (2.5 min on 2 busy cores). IRI_SLURM_TEST=full: the DAG up to validity (29 jobs, 12 min there).
 SLICE = ("data/shapes/meta.json", "results/models/resnet18-standard/model.pt", "results/models/resnet18-simclr/model.pt")
 
 
