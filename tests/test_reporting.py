@@ -371,3 +371,24 @@ def test_scores_of_another_iri_set_are_named(tmp_path):
     wrong.write_text((root / "scores" / "resnet18-standard" / "reg-free.json").read_text())
     with pytest.raises(ResultsError, match="another IRI set.*arch 'resnet18' \\(expected 'vgg16'\\)"):
         load_results(root)
+
+
+def test_sets_another_profile_left_in_the_results_are_named(tmp_path, repo, monkeypatch):
+    """Smoke and embedded share results/ by default: the report says which scored sets the
+    profile does not plan (they are still reported) and records them in summary.json."""
+    from click.testing import CliRunner
+
+    from iri_alignment.cli import cli
+    from iri_alignment.params import load_params
+    from iri_alignment.plan import inversion_jobs
+    from iri_alignment.reporting.results import unplanned_sets
+
+    root = make_tree(tmp_path / "results", model_ids=("resnet18-standard", "vgg16-standard"), regularizers=["reg-free"])
+    planned = inversion_jobs(load_params(repo / "params.yaml", "smoke"))  # ResNet18 only
+    assert ("resnet18-standard", "reg-free") in planned
+    assert unplanned_sets(root, planned) == ["vgg16-standard/reg-free"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    res = CliRunner().invoke(cli, ["report", "--results", str(root), "--params", str(repo / "params.yaml"),
+                                   "--profile", "smoke"], catch_exceptions=False)
+    assert res.exit_code == 0
+    assert json.loads((root / "tables" / "summary.json").read_text())["unplanned_sets"] == ["vgg16-standard/reg-free"]

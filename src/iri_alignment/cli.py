@@ -552,18 +552,25 @@ def report_cmd(results, params_file, profile) -> None:
     from pathlib import Path
 
     from iri_alignment.io import write_json
+    from iri_alignment.plan import inversion_jobs
     from iri_alignment.provenance import machine
     from iri_alignment.reporting import build_report
+    from iri_alignment.reporting.results import unplanned_sets
 
     params = _study(params_file, profile)
     sig = params["report"]["significance"]
+    unplanned = unplanned_sets(results, inversion_jobs(params))
+    if unplanned:
+        log.warning("%s holds %d scored IRI set(s) that profile %s does not plan (another profile's run, or by hand), "
+                    "and reports them too: %s. Keep each profile's run apart with snakemake --config results=DIR.",
+                    results, len(unplanned), params["profile"], ", ".join(unplanned[:8]) + (" ..." if len(unplanned) > 8 else ""))
     summary = build_report(Path(results), Path(results) / "tables", Path(results) / "figures",
                            structural_proxy=params["scoring"]["structural_proxy"], proxies=params["scoring"]["proxies"],
                            alpha=sig["alpha"], permutations=sig["permutations"], bootstrap=sig["bootstrap"],
                            seed=params["study"]["seed"], converged_below=params["inversion"]["converged_below"],
                            epochs_regularizer=params["inversion"]["epochs_regularizer"],
                            floors=params["evaluation"]["floor"], machine=machine(), profile=params["profile"])
-    write_json(Path(results) / "tables" / "summary.json", summary)
+    write_json(Path(results) / "tables" / "summary.json", {**summary, "unplanned_sets": unplanned})
     click.echo(f"tables: {Path(results, 'tables').resolve()}\nfigures: {Path(results, 'figures').resolve()}")
     if summary["failed"]:
         from iri_alignment.validity import failure_line

@@ -245,6 +245,14 @@ def load_results(results: str | Path, *, converged_below: float = 0.1, floors: d
 ACCURACIES = ("clean_acc", "robust_acc", "probe_acc")
 
 
+def unplanned_sets(results: str | Path, planned: list[tuple[str, str]]) -> list[str]:
+    """``model/regularizer`` of every scored IRI set under ``results`` that ``planned``
+    (:func:`iri_alignment.plan.inversion_jobs` of the profile being reported) does not
+    list: left there by another profile or by hand. The report still reads them."""
+    found = {(path.parent.name, path.stem) for path in Path(results).glob("scores/*/*.csv")}
+    return [f"{m}/{r}" for m, r in sorted(found - set(planned))]
+
+
 def pool_models(replicates: pd.DataFrame) -> pd.DataFrame:
     """One row per model from one row per trained replicate (``model`` and ``replicate`` columns):
     mean accuracies with their std over replicates (``<acc>_std``, NaN for one replicate),
