@@ -437,6 +437,20 @@ def test_a_file_pil_cannot_read_in_the_folder_is_named(own_images):
         dataset[bad]
 
 
+def test_a_bad_file_met_by_a_dataloader_worker_is_one_line_naming_it(own_images):
+    """torch re-raises a worker's error with the worker's traceback in its message; the user sees one line."""
+    from iri_alignment.data.folder import image_folder
+    from iri_alignment.data.loading import FolderSplit
+
+    (own_images / "dog" / "notes.png").write_text("not an image")
+    split = FolderSplit(str(own_images), "test", num_workers=1, dataset=image_folder(own_images, 32))
+    with pytest.raises(DatasetError) as err:
+        list(split.batches(8))
+    message = str(err.value)
+    assert message.endswith("remove it from the dataset folder or convert it") and "notes.png" in message
+    assert "\n" not in message and "Traceback" not in message
+
+
 def test_a_folder_dataset_refuses_training_and_names_missing_settings(smoke, own_images, plain_file):
     params = folder_study(smoke, own_images, [entry(plain_file)])
     with pytest.raises(ParamsError, match="allowed: none"):

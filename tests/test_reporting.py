@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from iri_alignment.reporting import build_report, latex_escape, load_results, parse_model_id
+from iri_alignment.reporting.results import ResultsError
 
 N = 8  # targets per IRI set
 TARGETS = [7 * i + 3 for i in range(N)]
@@ -309,6 +310,11 @@ def test_empty_and_absent_results_are_named_not_reported(tmp_path):
     assert not (tmp_path / "tables").exists()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_results(tmp_path / "nowhere")
+    bad = tmp_path / "results" / "scores" / "resnet18-standard" / "reg-free.csv"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ResultsError, match=r"nothing the report can use: .*reg-free.csv: lacks columns"):
+        load_results(tmp_path / "results")
 
 
 def test_convergence_threshold_is_the_argument(tmp_path):
@@ -364,8 +370,6 @@ def test_null_margin_and_the_floor_gate(tmp_path):
 
 
 def test_scores_of_another_iri_set_are_named(tmp_path):
-    from iri_alignment.reporting.results import ResultsError
-
     root = make_tree(tmp_path / "results", model_ids=("resnet18-standard", "vgg16-standard"), regularizers=["reg-free"])
     wrong = root / "scores" / "vgg16-standard" / "reg-free.json"
     wrong.write_text((root / "scores" / "resnet18-standard" / "reg-free.json").read_text())

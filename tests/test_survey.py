@@ -416,6 +416,17 @@ def test_a_rebuild_never_replaces_a_study_that_holds_answers(study, client, stud
     assert (study / "responses.db").is_file()
 
 
+def test_the_server_and_the_jatos_export_start_without_torch():
+    """They serve files and answers; importing them under a web server must not load torch (~0.5 GB)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, iri_alignment.survey.server, iri_alignment.survey.jatos; "
+            "print(sorted(m for m in ('torch', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_a_folder_that_is_not_a_study_is_named_before_any_mlflow_run(tmp_path, repo, monkeypatch):
     from click.testing import CliRunner
 

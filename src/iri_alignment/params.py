@@ -258,7 +258,7 @@ def _cross_key_problems(params: dict) -> list[str]:
             if arch not in allowed:
                 problems.append(
                     f"{key}[{i}] = {arch!r} is not available for dataset {params['data']['dataset']!r}; "
-                    f"allowed: {', '.join(allowed) or 'none (a folder dataset holds targets for external models; set models.archs: [] and training.contrastive.archs: [])'}"
+                    f"allowed: {', '.join(allowed) or 'none (a folder dataset holds targets for external models; set models.archs: [] and training.contrastive_regimes: [])'}"
                 )
     if family == "imagenet" and params["models"]["width"] != 1:
         problems.append(f"models.width = {params['models']['width']!r}: ImageNet models have no width multiplier; use 1.0")

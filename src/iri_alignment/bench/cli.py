@@ -17,6 +17,13 @@ from iri_alignment.devices import PRECISIONS, resolve_device
 from iri_alignment.params import load_params
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a thread count >= 1")
+    return value
+
+
 def main(argv=None) -> dict:
     from iri_alignment import bench  # the package docstring is the command's description
 
@@ -31,7 +38,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batches", type=int, default=2, help="training batches per timed run")
     parser.add_argument("--iterations", type=int, default=10, help="inversion steps per timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (medians) after one warm-up")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=_positive, default=None,
                         help="torch threads (default: torch's); the DAG runs 1 per job")
     parser.add_argument("--precisions", default="fp32,bf16", help=f"of {','.join(PRECISIONS)}; fp32 is the reference")
     parser.add_argument("--levers", default=",".join(LEVERS), help=f"of {','.join(LEVERS)} ('' for none)")

@@ -44,7 +44,7 @@ def paper_cost(report: dict, paper: dict) -> dict:
     hours: dict[str, float] = {"train": 0.0, "evaluate": 0.0, "invert": 0.0}
     n_targets = inv["targets"]["per_class"] * 10
     steps_all = sum(inversion_iterations(paper, r) for r in inv["regularizers"])  # per target, all regularizers
-    reg_free = inversion_iterations(paper, "reg-free")  # kept SimCLR checkpoints: reg-free only
+    epoch_steps = inversion_iterations(paper, inv["epochs_regularizer"])  # kept SimCLR checkpoints: that regularizer only
     for arch in paper["models"]["archs"]:
         std = train_speed.get((arch, "standard"))
         if not std or arch not in inv_speed:
@@ -60,7 +60,7 @@ def paper_cost(report: dict, paper: dict) -> dict:
             for regime in t["contrastive_regimes"]:
                 hours["train"] += c["epochs"] * n_train * 2 / train_speed[(arch, "standard")] / 3600
                 kept = len(kept_epochs(paper, regime))  # the last epoch is the final model's set, counted in steps_all
-                hours["invert"] += (steps_all + kept * reg_free) * n_targets / inv_speed[arch] / 3600
+                hours["invert"] += (steps_all + kept * epoch_steps) * n_targets / inv_speed[arch] / 3600
     hours["total"] = sum(hours.values())
     return {k: round(v, 1) for k, v in hours.items()}
 

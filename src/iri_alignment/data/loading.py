@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from iri_alignment.data import load_arrays
+from iri_alignment.data.sources import DatasetError
 from iri_alignment.data.specs import get_spec
 
 
@@ -42,6 +43,16 @@ class InMemorySplit:
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             yield self.get(order[start:start + batch_size], device)
+
+
+def worker_message(err: BaseException) -> str:
+    """The message of an error raised in a DataLoader worker, without the worker's traceback
+    that torch wraps it in ("Caught DatasetError in DataLoader worker process 0. Original
+    Traceback ...", the message on its last line)."""
+    text = str(err)
+    prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
+    at = text.rfind(prefix)
+    return text[at + len(prefix):].strip() if "Original Traceback" in text and at >= 0 else text
 
 
 class FolderSplit:
@@ -82,8 +93,11 @@ class FolderSplit:
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                                              num_workers=self.num_workers, drop_last=drop_last,
                                              pin_memory=torch.device(device).type == "cuda")
-        for x, y in loader:
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        try:
+            for x, y in loader:
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        except DatasetError as err:  # from a worker, torch wraps the message in the worker's traceback
+            raise DatasetError(worker_message(err)) from None
 
 
 def open_split(params: dict, split: str):

@@ -171,6 +171,7 @@ def load_results(results: str | Path, *, converged_below: float = 0.1, floors: d
 
     Raises:
         FileNotFoundError: ``results`` is not a folder, or holds no scores, IRI sets, models or evaluations.
+        ResultsError: a score file belongs to another set, or every file there was skipped (the reasons named).
     """
     root = Path(results)
     if not root.is_dir():
@@ -206,6 +207,8 @@ def load_results(results: str | Path, *, converged_below: float = 0.1, floors: d
             hints.setdefault(folder.name, None)
     for path in sorted((root / "evaluation").glob("*.json")):
         hints.setdefault(path.stem, None)
+    if not hints and skipped:
+        raise ResultsError(f"{root} holds nothing the report can use: " + "; ".join(skipped[:5]))
     if not hints:
         raise FileNotFoundError(f"{root} holds nothing to report: no scores (scores/<model>/<regularizer>.csv), IRI "
                                 "sets, models or evaluations; run the study first (snakemake, make demo) or point "

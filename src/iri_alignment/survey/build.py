@@ -28,8 +28,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from iri_alignment.survey.design import make_lists, study_trials
-
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE_FILES = ("index.html", "survey.js", "survey.css")
 
@@ -76,6 +74,9 @@ def build_study(iris: list[str | Path], out: str | Path, params: dict) -> dict:
     Returns:
         ``study.json``'s content: counts, the study hash and where things are.
     """
+    # here, not at the top: the server and JATOS export read study.json through this module without torch
+    from iri_alignment.survey.design import make_lists, study_trials
+
     cfg = params["survey"]
     seed = cfg["seed"]
     refuse_if_answered(Path(out))
